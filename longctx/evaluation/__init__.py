@@ -1,0 +1,1 @@
+"""Long-context evaluation: tasks that generate token-exact prompts, and scorers."""

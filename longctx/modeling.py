@@ -1,0 +1,177 @@
+"""Load, extend, save and verify models.
+
+A saved extended model is a normal Hugging Face model folder plus ``extension.json``, the
+documented record of the method:
+
+    {"method": ..., "params": {...}, "native_window": ..., "target_length": ...,
+     "rope_parameters": {...}, "max_position_embeddings": ..., "attention": {...} | null,
+     "position_ids": {...} | null}
+
+RoPE methods that transformers implements natively are written into ``config.json`` as well,
+so plain ``AutoModelForCausalLM.from_pretrained`` reproduces them. Attention methods
+(Entropy-ABF, SelfExtend) need our attention functions: ``load_model`` applies them, and a
+plain transformers load silently runs ordinary attention, so ``config.json`` also carries
+``longctx_extension`` as a visible marker. After every load, ``verify_rope`` checks that the
+frequencies and scaling in force are the intended ones.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from longctx.attention import apply_attention
+from longctx.methods import Extension, build_extension, expected_rope
+
+EXTENSION_FILE = "extension.json"
+NATIVE_FILE = "native.json"
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on a GPU, float32 on the CPU (bf16 matmuls are several times slower on most CPUs)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def set_rope(config, ext: Extension) -> None:
+    """Write the extension's RoPE settings into a config.
+
+    transformers 5 keeps RoPE in one ``rope_parameters`` dict that includes ``rope_theta``.
+    We replace the whole dict (never assign ``rope_scaling`` after the fact, which loses the
+    model's theta) and let transformers validate it.
+    """
+    config.rope_parameters = dict(ext.rope_parameters)
+    config.max_position_embeddings = ext.max_position_embeddings
+    if hasattr(config, "validate_rope"):
+        config.validate_rope()
+
+
+def extend_model(model, ext: Extension, default_attn: str = "sdpa"):
+    """Apply ``ext`` to a loaded model in place: new rotary embedding, attention implementation."""
+    set_rope(model.config, ext)
+    rotary_cls = type(model.model.rotary_emb)
+    device = model.model.rotary_emb.inv_freq.device
+    model.model.rotary_emb = rotary_cls(config=model.config).to(device)
+    apply_attention(model, ext.attention, default_attn)
+    verify_rope(model, ext)
+    return model
+
+
+def verify_rope(model, ext: Extension, atol: float = 1e-6) -> None:
+    """Check that the rotary frequencies and attention scaling in force are the extension's.
+
+    Compares transformers' rotary embedding against ``longctx.rope`` (computed independently),
+    and the attention implementation against the extension. A saved model whose extension
+    silently vanished on reload fails here instead of producing quiet garbage.
+    """
+    rotary = model.model.rotary_emb
+    want_freq, want_scale = expected_rope(ext, head_dim(model.config))
+    got = rotary.inv_freq.detach().double().cpu()
+    if got.shape != want_freq.shape or not torch.allclose(got, want_freq, rtol=1e-5, atol=atol):
+        raise RuntimeError(
+            f"RoPE check failed for method {ext.method}: the model's inverse frequencies differ from the "
+            f"intended ones (max abs diff {float((got - want_freq).abs().max()):.3g}); was the config edited?"
+        )
+    got_scale = float(getattr(rotary, "attention_scaling", 1.0))
+    if abs(got_scale - want_scale) > 1e-6:
+        raise RuntimeError(f"RoPE check failed for method {ext.method}: attention scaling {got_scale} != {want_scale}")
+    want_attn = ext.attention["method"] if ext.attention else None
+    got_attn = (getattr(model.config, "longctx_extension", None) or {}).get("method")
+    if want_attn != got_attn or (want_attn and not model.config._attn_implementation.startswith("longctx_")):
+        raise RuntimeError(f"attention check failed: want {want_attn}, model runs {model.config._attn_implementation}")
+
+
+def read_extension(path: Path) -> Extension | None:
+    f = Path(path) / EXTENSION_FILE
+    return Extension.from_dict(json.loads(f.read_text())) if f.exists() else None
+
+
+def load_model(path: str | Path, dtype: str = "auto", device: torch.device | None = None,
+               attn_implementation: str = "sdpa"):
+    """Load a model folder written by this pipeline with its extension in force, and verify it.
+
+    ``attn_implementation`` is used when the method needs no attention function of ours.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no model here (config.json missing); run the stage that makes it")
+    device = torch.device(device) if device is not None else pick_device()
+    torch_dtype = resolve_dtype(dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation,
+                                                 trust_remote_code=False)
+    model.to(device).eval()
+    ext = read_extension(path)
+    if ext is not None:
+        if dict(model.config.rope_parameters) != ext.rope_parameters:
+            warnings.warn(f"{path}: config.json RoPE settings differ from extension.json; applying extension.json",
+                          stacklevel=2)
+        extend_model(model, ext, attn_implementation)
+    elif getattr(model.config, "longctx_extension", None):
+        warnings.warn(f"{path}: config carries longctx_extension but extension.json is missing", stacklevel=2)
+    return model
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def native_record(base_dir: Path) -> dict:
+    f = Path(base_dir) / NATIVE_FILE
+    if not f.exists():
+        raise FileNotFoundError(f"{f}: missing; run the base_model stage first")
+    return json.loads(f.read_text())
+
+
+def make_extended_model(base_dir: Path, out_dir: Path, method: str, method_params: dict, target_length: int,
+                        native_window: int | None = None) -> Extension:
+    """Extend the base model with ``method`` and save it to ``out_dir`` (atomically), with extension.json.
+
+    Only config files change: the weights are hard-linked from the base model when possible, so
+    an extended model costs no extra disk.
+    """
+    from transformers import AutoConfig
+
+    from longctx.io import AtomicDir, atomic_write_json
+
+    native = native_record(base_dir)
+    config = AutoConfig.from_pretrained(base_dir)
+    if not getattr(config, "rope_parameters", None) and method != "none":
+        raise ValueError(f"method: {method} needs a RoPE model, but {base_dir} has no rope_parameters in its config")
+    window = native_window or native["native_window"]
+    ext = build_extension(method, method_params, target_length, window, native["rope_theta"], head_dim(config))
+    set_rope(config, ext)
+    if ext.attention:
+        config.longctx_extension = dict(ext.attention)
+    with AtomicDir(out_dir) as tmp:
+        for f in Path(base_dir).iterdir():
+            if f.name in ("config.json", EXTENSION_FILE):
+                continue
+            target = tmp / f.name
+            try:
+                target.hardlink_to(f)
+            except OSError:
+                import shutil
+
+                shutil.copy2(f, target)
+        config.save_pretrained(tmp)
+        atomic_write_json(tmp / EXTENSION_FILE, ext.to_dict())
+    return ext

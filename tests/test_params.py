@@ -1,0 +1,117 @@
+"""The shipped params.yaml parses, and bad values stop with one line naming the key (issue: robustness)."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from longctx.methods import METHODS
+from longctx.params import ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_shipped_params_parse():
+    p = load_params(ROOT / "params.yaml")
+    assert p.method in METHODS
+    assert p.train.lr == pytest.approx(1e-4)
+
+
+def test_every_method_block_is_valid():
+    for name in METHODS:
+        raw = copy.deepcopy(SHIPPED)
+        raw["method"] = name
+        if name == "none":
+            raw["target_length"] = 8192
+        parse_params(raw).method_params()
+    assert set(SHIPPED["methods"]) == set(METHODS), "params.yaml must list a block for every method"
+
+
+def test_yaml_scientific_notation_string_is_a_float():
+    raw = copy.deepcopy(SHIPPED)
+    raw["train"]["lr"] = "3e-05"  # what `dvc exp run -S train.lr=3e-5` writes back
+    assert parse_params(raw).train.lr == pytest.approx(3e-5)
+
+
+def edit(path: str, value):
+    raw = copy.deepcopy(SHIPPED)
+    keys = path.split(".")
+    node = raw
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+    return raw
+
+
+BAD = [
+    ("method", "magic", r"method: unknown method 'magic'; allowed: none, pi"),
+    ("methods.magic", {}, r"methods.magic: unknown method"),
+    ("methods.yarn.bogus", 1, r"methods.yarn: unknown parameter"),
+    ("methods.entropy_abf.skip_layers", -1, r"methods.entropy_abf.skip_layers: must be >= 0"),
+    ("methods.entropy_abf.rope_theta", "big", r"methods.entropy_abf.rope_theta: expected float"),
+    ("target_length", 0, r"target_length: must be > 0"),
+    ("target_length", "long", r"target_length: expected a number"),
+    ("train.steps", -1, r"train.steps: must be >= 0"),
+    ("train.lr", 0, r"train.lr: must be > 0"),
+    ("train.lr", "fast", r"train.lr: expected a number"),
+    ("train.mode", "half", r"train.mode: 'half' is not allowed; allowed: lora, full"),
+    ("train.seq_len", 0, r"train.seq_len: must be > 0"),
+    ("train.batch_size", -2, r"train.batch_size: must be > 0"),
+    ("train.beta2", 1.5, r"train.beta2: must be in \[0, 1\)"),
+    ("train.scheduler", "step", r"train.scheduler: 'step' is not allowed"),
+    ("train.lora.r", 0, r"train.lora.r: must be > 0"),
+    ("train.lora.dropout", 1.0, r"train.lora.dropout: must be in \[0, 1\)"),
+    ("train.lora.target_modules", [], r"train.lora.target_modules: must name at least one"),
+    ("train.gradient_checkpointing", "maybe", r"train.gradient_checkpointing: expected true or false"),
+    ("train.epochs", 2, r"train: unknown key\(s\) \['epochs'\]"),
+    ("eval.lengths", [], r"eval.lengths: must list at least one"),
+    ("eval.lengths", [4096, 100], r"eval.lengths\[1\]: must be >= 256"),
+    ("eval.passkey.depths", [0.5, 1.5], r"eval.passkey.depths\[1\]: must be in \[0, 1\]"),
+    ("eval.passkey.samples", 0, r"eval.passkey.samples: must be > 0"),
+    ("eval.tasks", ["x"], r"eval: unknown key\(s\) \['tasks'\]"),
+    ("model.dtype", "int8", r"model.dtype: 'int8' is not allowed"),
+    ("model.name_or_path", "./does/not/exist", r"model.name_or_path: ./does/not/exist does not exist"),
+    ("methods.selfextend.window", 0, r"methods.selfextend.window: must be >= 1"),
+    ("methods.cream.frequency", "llama3", r"methods.cream.frequency: 'llama3' is not allowed; allowed: pi, ntk, yarn"),
+    ("methods.cream.p_continuity", 2, r"methods.cream.p_continuity: must be in \[0, 1\]"),
+    ("methods.pose.num_chunks", 1, r"methods.pose.num_chunks: must be >= 2"),
+    ("methods.yarn.beta_slow", 64, r"methods.yarn: need beta_fast > beta_slow"),
+    ("bogus_top", 1, r"params.yaml: unknown top-level key"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", BAD, ids=[f"{p}={v}" for p, v, _ in BAD])
+def test_bad_value_names_the_key(path, value, message):
+    raw = edit(path, value)
+    # Errors are checked for the method in force, so point `method` at the block we broke.
+    parts = path.split(".")
+    if parts[0] == "methods" and parts[1] in METHODS:
+        raw["method"] = parts[1]
+    with pytest.raises(ParamsError, match=message) as err:
+        parse_params(raw)
+    assert "\n" not in str(err.value)  # one line
+
+
+def test_selfextend_window_below_group(tmp_path):
+    from longctx.methods import build_extension
+
+    raw = edit("methods.selfextend", {"group_size": 8, "window": 4})
+    raw["method"] = "selfextend"
+    with pytest.raises(ParamsError, match=r"methods.selfextend.window: must be >= group_size \(8\)"):
+        parse_params(raw)
+    with pytest.raises(ValueError, match="window: must be below the native window"):
+        build_extension("selfextend", {"window": 8192}, 32768, 8192, 1e5, 64)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_malformed_yaml(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(f)
