@@ -58,12 +58,15 @@ def prompt_frame(tokenizer, use_chat_template: bool, answer_prefix: str) -> Prom
             [{"role": "user", "content": PLACEHOLDER}], tokenize=False, add_generation_prompt=True
         )
         before, after = text.split(PLACEHOLDER)
-    else:
-        bos = tokenizer.bos_token or ""
-        before, after = bos, "\n"
-    prefix = tokenizer(before, add_special_tokens=False).input_ids
-    suffix = tokenizer(after + answer_prefix, add_special_tokens=False).input_ids
-    return PromptFrame(prefix, suffix)
+        prefix = tokenizer(before, add_special_tokens=False).input_ids
+        suffix = tokenizer(after + answer_prefix, add_special_tokens=False).input_ids
+        return PromptFrame(prefix, suffix)
+    # Plain completion: whatever special tokens the tokenizer itself puts first (e.g. BOS), and the
+    # answer prefix continuing the question's line, as in the original passkey prompt.
+    with_special = tokenizer("x").input_ids
+    plain = tokenizer("x", add_special_tokens=False).input_ids
+    prefix = with_special[: len(with_special) - len(plain)] if with_special[-len(plain):] == plain else []
+    return PromptFrame(prefix, tokenizer(" " + answer_prefix, add_special_tokens=False).input_ids)
 
 
 def answer_token_ids(tokenizer, answer: str) -> list[int]:
