@@ -93,6 +93,22 @@ def verify_rope(model, ext: Extension, atol: float = 1e-6) -> None:
         raise RuntimeError(f"attention check failed: want {want_attn}, model runs {model.config._attn_implementation}")
 
 
+def reset_dynamic_rope(model) -> None:
+    """Forget the frequencies a dynamic RoPE grew to on an earlier, longer input.
+
+    transformers' dynamic NTK only grows its frequencies and resets them only for inputs strictly
+    shorter than the native window, so without this an 8192-token prompt scored after a 32k one
+    would use the 32k frequencies: results would depend on evaluation order. Every independent
+    sequence is scored from the frequencies its own length implies (one prefill; generation that
+    grows past the window still grows them, with cached keys keeping the rotation they had).
+    """
+    rotary = model.get_decoder().rotary_emb
+    original = getattr(rotary, "original_inv_freq", None)
+    if "dynamic" in str(getattr(rotary, "rope_type", "")) and original is not None:
+        rotary.inv_freq = original.to(rotary.inv_freq.device)
+        rotary.max_seq_len_cached = rotary.original_max_seq_len
+
+
 def read_extension(path: Path) -> Extension | None:
     f = Path(path) / EXTENSION_FILE
     return Extension.from_dict(json.loads(f.read_text())) if f.exists() else None

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from longctx.evaluation.samples import EvalSample
+from longctx.modeling import reset_dynamic_rope
 
 
 @lru_cache(maxsize=1)
@@ -43,6 +44,7 @@ def token_nll(model, input_ids: torch.Tensor, chunk: int = 2048) -> torch.Tensor
     The vocabulary projection runs in chunks so a 32k-token window never materialises a
     (32k x vocab) logits matrix at once.
     """
+    reset_dynamic_rope(model)
     hidden = model.get_decoder()(input_ids=input_ids).last_hidden_state[0]
     head = model.get_output_embeddings()
     targets = input_ids[0, 1:]

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from longctx.evaluation.samples import EvalSample
+from longctx.modeling import reset_dynamic_rope
 
 
 @torch.no_grad()
@@ -25,6 +26,7 @@ def teacher_forced_correct(model, batch: list[EvalSample]) -> list[bool]:
         raise ValueError("teacher_forced_correct needs samples of equal prompt and answer length")
     n_ans = len(batch[0].answer_ids)
     ids = torch.tensor(seqs, device=device)
+    reset_dynamic_rope(model)
     # Logits for the last n_ans + 1 positions; the prediction for answer token j comes from position j - 1.
     logits = model(input_ids=ids, logits_to_keep=n_ans + 1).logits[:, :-1]
     pred = logits.argmax(-1)
@@ -59,6 +61,7 @@ def greedy_answer_correct(model, sample: EvalSample) -> bool:
     """Greedy generation with a KV cache, as a cross-check of the teacher-forced score."""
     device = next(model.parameters()).device
     ids = torch.tensor([sample.input_ids], device=device)
+    reset_dynamic_rope(model)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(sample.answer_ids),
                          do_sample=False, pad_token_id=model.config.eos_token_id)
     return out[0, ids.shape[1]:].tolist() == sample.answer_ids
