@@ -160,13 +160,25 @@ class TrainParams:
                 raise ParamsError(f"{where}.{key}: must be in [0, 1), got {getattr(self, key)}")
 
 
+def _check_lengths(where: str, lengths):
+    if lengths is None:
+        return
+    if not lengths:
+        raise ParamsError(f"{where}: must list at least one length (or be null for eval.lengths)")
+    for i, n in enumerate(lengths):
+        if n < 256:
+            raise ParamsError(f"{where}[{i}]: must be >= 256 tokens, got {n}")
+
+
 @dataclass
 class PasskeyParams:
     enabled: bool = True
     depths: list[float] = field(default_factory=lambda: [0.2, 0.8])
     samples: int = 1  # samples per (length, depth)
+    lengths: list[int] | None = None  # null = eval.lengths
 
     def check(self, where):
+        _check_lengths(f"{where}.lengths", self.lengths)
         _positive(f"{where}.samples", self.samples)
         for i, d in enumerate(self.depths):
             if not 0 <= d <= 1:
@@ -179,8 +191,10 @@ class PasskeyParams:
 class PerplexityParams:
     enabled: bool = True
     buckets: int = 4  # loss reported per position bucket: does the model still use far tokens?
+    lengths: list[int] | None = None  # null = eval.lengths
 
     def check(self, where):
+        _check_lengths(f"{where}.lengths", self.lengths)
         _positive(f"{where}.buckets", self.buckets)
 
 
@@ -193,12 +207,11 @@ class EvalParams:
     passkey: PasskeyParams = field(default_factory=PasskeyParams)
     perplexity: PerplexityParams = field(default_factory=PerplexityParams)
 
+    def all_lengths(self) -> list[int]:
+        return sorted(set(self.lengths) | set(self.passkey.lengths or []) | set(self.perplexity.lengths or []))
+
     def check(self, where):
-        if not self.lengths:
-            raise ParamsError(f"{where}.lengths: must list at least one length")
-        for i, n in enumerate(self.lengths):
-            if n < 256:
-                raise ParamsError(f"{where}.lengths[{i}]: must be >= 256 tokens, got {n}")
+        _check_lengths(f"{where}.lengths", self.lengths or [])
         _positive(f"{where}.batch_size", self.batch_size)
 
 

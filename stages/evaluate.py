@@ -22,7 +22,7 @@ if __name__ == "__main__":
     if which == "base":
         model = load_model("models/base", dtype=p.model.dtype)
     else:
-        warn_eval_beyond_support(read_extension(Path("models/extended")), max(p.eval.lengths))
+        warn_eval_beyond_support(read_extension(Path("models/extended")), max(p.eval.all_lengths()))
         model = load_finetuned(Path("models/finetuned"), Path("models/extended"), dtype=p.model.dtype)
     metrics = evaluate_model(model, load_samples(Path("data/eval/samples.jsonl")), p.eval)
     atomic_write_json(f"metrics/eval_{which}.json", metrics)

@@ -48,7 +48,8 @@ def project(tmp_path_factory):
         (work / f).unlink(missing_ok=True)
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["eval"].update(lengths=[512], seed=7)
-    params["eval"]["passkey"].update(depths=[0.5], samples=1)
+    params["eval"]["passkey"].update(depths=[0.5], samples=1, lengths=None)
+    params["eval"]["perplexity"]["lengths"] = None
     params["eval"]["perplexity"]["buckets"] = 2
     params["data"].update(num_samples=2, max_tokens=256, min_tokens=16)
     params["train"].update(steps=2, seq_len=256)

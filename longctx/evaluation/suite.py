@@ -19,12 +19,13 @@ from longctx.params import EvalParams
 
 def make_eval_samples(tokenizer, ep: EvalParams) -> list[EvalSample]:
     samples: list[EvalSample] = []
-    for length in ep.lengths:
-        if ep.passkey.enabled:
+    if ep.passkey.enabled:
+        for length in ep.passkey.lengths or ep.lengths:
             for depth in ep.passkey.depths:
                 samples += generate_passkey(tokenizer, length, depth, ep.passkey.samples, ep.seed,
                                             ep.use_chat_template)
-        if ep.perplexity.enabled:
+    if ep.perplexity.enabled:
+        for length in ep.perplexity.lengths or ep.lengths:
             samples += generate_perplexity(tokenizer, length, ep.seed)
     return samples
 
