@@ -51,7 +51,7 @@ def project(tmp_path_factory):
     params["eval"]["passkey"].update(depths=[0.5], samples=1, lengths=None)
     params["eval"]["perplexity"]["lengths"] = None
     params["eval"]["perplexity"]["buckets"] = 2
-    params["data"].update(num_samples=2, max_tokens=256, min_tokens=16)
+    params["data"].update(num_samples=2, max_tokens=1024)
     params["train"].update(steps=2, seq_len=256)
     params["target_length"] = 32768
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

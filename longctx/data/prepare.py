@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from longctx.data.config import DataConfig, SourceConfig
 from longctx.data.embedded import build_conversation, load_chitchat
 from longctx.data.formats import load_conversations
 from longctx.data.packing import pack_greedy, position_ids
+from longctx.io import atomic_write_lines
 
 log = logging.getLogger(__name__)
 
@@ -169,25 +168,6 @@ def _row(seq: list[int], samples: list[Sample]) -> dict:
     }
 
 
-def _atomic_write_lines(path: Path, lines) -> None:
-    """Write to a temp file in the same directory, fsync, then os.replace: readers never see
-    a half-written file and an interrupted run leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for line in lines:
-                f.write(line)
-                f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def prepare_sft_data(cfg: dict | DataConfig, tokenizer, out_dir: Path) -> dict:
     """Build ``out_dir/train.jsonl`` from the ``data:`` params block and return the data card.
 
@@ -230,7 +210,7 @@ def prepare_sft_data(cfg: dict | DataConfig, tokenizer, out_dir: Path) -> dict:
         raise ValueError(f"no training samples left after filtering; per-source counts: {source_stats}")
 
     seqs = arrange(samples, config)
-    _atomic_write_lines(
+    atomic_write_lines(
         out_dir / TRAIN_FILE,
         (json.dumps(_row(seq, samples), separators=(",", ":"), ensure_ascii=False) for seq in seqs),
     )
