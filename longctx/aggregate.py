@@ -71,4 +71,26 @@ def aggregate(metrics_dir: Path, plots_dir: Path) -> dict:
         plot_by_length(rows, "passkey", "passkey accuracy", plots_dir / "passkey_vs_length.png")
     if any("ppl_base" in r for r in rows):
         plot_by_length(rows, "ppl", "perplexity", plots_dir / "ppl_vs_length.png", log=True)
+    plot_heatmaps(per_model, plots_dir / "heatmaps")
     return summary
+
+
+def depth_results(metrics: dict, task: str) -> dict[tuple[int, float], float]:
+    """{(length, depth): accuracy} from keys ``<task>.<length>.d<depth>``."""
+    out = {}
+    for key, value in metrics.items():
+        m = re.fullmatch(rf"{re.escape(task)}\.(\d+)\.d([\d.]+)", key)
+        if m:
+            out[(int(m.group(1)), float(m.group(2)))] = value
+    return out
+
+
+def plot_heatmaps(per_model: dict[str, dict], out_dir: Path) -> None:
+    """Length x depth accuracy heat maps for every task with depths (passkey, needle, ...), per model."""
+    from longctx.evaluation.needle import needle_heatmap
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for model, metrics in per_model.items():
+        tasks = {k.split(".")[0] for k in metrics if re.fullmatch(r"\w+\.\d+\.d[\d.]+", k)}
+        for task in sorted(tasks):
+            needle_heatmap(depth_results(metrics, task), out_dir / f"{task}_{model}.png", title=f"{task} ({model})")

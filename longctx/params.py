@@ -142,16 +142,27 @@ class TrainParams:
     warmup_steps: int = 0
     scheduler: str = "cosine"  # cosine | linear | constant
     max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, ~30% slower)
     seed: int = 0
-    checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0 = only at the end)
+    # Resumable checkpoints (models/checkpoints/step_<k>, scratch, not a DVC output) every N optimizer
+    # steps; 0 = none on schedule (Ctrl-C still writes one). A compatible checkpoint is resumed on start.
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2  # how many of the newest checkpoints to keep (>= 1)
+    # Loss without materialising the full logits: chunked lm_head + cross-entropy over label positions only
+    # (Liger's fused linear cross-entropy on CUDA when liger_kernel is installed). Same loss, less memory.
+    fused_ce: bool = False
+    # Attention kernel for methods that need no attention of their own (Entropy-ABF and SelfExtend keep theirs):
+    # sdpa | eager | flash_attention_2 (needs flash-attn, GPU) | flex_attention.
+    attn_implementation: str = "sdpa"
     lora: LoraParams = field(default_factory=LoraParams)
 
     def check(self, where):
         _positive(f"{where}.steps", self.steps, allow_zero=True)
         _choice(f"{where}.mode", self.mode, ("lora", "full"))
         _choice(f"{where}.scheduler", self.scheduler, ("cosine", "linear", "constant"))
-        for key in ("seq_len", "batch_size", "grad_accum", "lr"):
+        _choice(f"{where}.attn_implementation", self.attn_implementation,
+                ("sdpa", "eager", "flash_attention_2", "flex_attention"))
+        for key in ("seq_len", "batch_size", "grad_accum", "lr", "keep_checkpoints"):
             _positive(f"{where}.{key}", getattr(self, key))
         for key in ("weight_decay", "warmup_steps", "max_grad_norm", "checkpoint_every"):
             _positive(f"{where}.{key}", getattr(self, key), allow_zero=True)
@@ -199,6 +210,56 @@ class PerplexityParams:
 
 
 @dataclass
+class TaskParams:
+    """A synthetic retrieval task (needle, RULER, dialog recall): off unless enabled."""
+
+    enabled: bool = False
+    depths: list[float] = field(default_factory=lambda: [0.5])  # ignored by tasks without a needle depth
+    samples: int = 1
+    lengths: list[int] | None = None  # null = eval.lengths
+
+    def check(self, where):
+        _check_lengths(f"{where}.lengths", self.lengths)
+        _positive(f"{where}.samples", self.samples)
+        for i, d in enumerate(self.depths):
+            if not 0 <= d <= 1:
+                raise ParamsError(f"{where}.depths[{i}]: must be in [0, 1], got {d}")
+
+
+RULER_TASKS = ("multikey", "multivalue", "variable_tracking", "common_words")
+
+
+@dataclass
+class RulerParams(TaskParams):
+    tasks: list[str] = field(default_factory=lambda: list(RULER_TASKS))
+
+    def check(self, where):
+        super().check(where)
+        for i, t in enumerate(self.tasks):
+            _choice(f"{where}.tasks[{i}]", t, RULER_TASKS)
+
+
+@dataclass
+class LongBenchParams:
+    enabled: bool = False
+    tasks: list[str] = field(default_factory=lambda: ["hotpotqa", "trec"])
+    source: str | None = None  # null = THUDM/LongBench from the hub; or a folder/file of LongBench JSONL
+    revision: str | None = None  # hub revision (null = the module's pinned default)
+    max_length: int = 7500  # prompt tokens before middle truncation (LongBench: model window minus room)
+    limit: int = 20  # records per task
+
+    def check(self, where):
+        from longctx.evaluation.longbench import DATASET2METRIC
+
+        for i, t in enumerate(self.tasks):
+            _choice(f"{where}.tasks[{i}]", t, sorted(DATASET2METRIC))
+        _positive(f"{where}.max_length", self.max_length)
+        _positive(f"{where}.limit", self.limit)
+        if self.enabled and self.source and not Path(self.source).exists():
+            raise ParamsError(f"{where}.source: {self.source} does not exist")
+
+
+@dataclass
 class EvalParams:
     lengths: list[int] = field(default_factory=lambda: [4096, 8192, 16384])
     seed: int = 1234
@@ -206,13 +267,20 @@ class EvalParams:
     batch_size: int = 1
     passkey: PasskeyParams = field(default_factory=PasskeyParams)
     perplexity: PerplexityParams = field(default_factory=PerplexityParams)
+    needle: TaskParams = field(default_factory=TaskParams)
+    ruler: RulerParams = field(default_factory=RulerParams)
+    dialog_recall: TaskParams = field(default_factory=TaskParams)
+    longbench: LongBenchParams = field(default_factory=LongBenchParams)
+    greedy_check: int = 2  # answer samples re-scored by greedy generation, to report agreement with teacher forcing
 
     def all_lengths(self) -> list[int]:
-        return sorted(set(self.lengths) | set(self.passkey.lengths or []) | set(self.perplexity.lengths or []))
+        tasks = (self.passkey, self.perplexity, self.needle, self.ruler, self.dialog_recall)
+        return sorted(set(self.lengths).union(*[t.lengths or [] for t in tasks]))
 
     def check(self, where):
         _check_lengths(f"{where}.lengths", self.lengths or [])
         _positive(f"{where}.batch_size", self.batch_size)
+        _positive(f"{where}.greedy_check", self.greedy_check, allow_zero=True)
 
 
 @dataclass

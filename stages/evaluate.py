@@ -9,7 +9,7 @@ from pathlib import Path
 from longctx.evaluation.samples import load_samples
 from longctx.evaluation.suite import evaluate_model
 from longctx.io import atomic_write_json
-from longctx.modeling import load_model, read_extension
+from longctx.modeling import load_model, load_tokenizer, read_extension
 from longctx.methods import warn_eval_beyond_support
 from longctx.params import load_params
 from longctx.train import load_finetuned
@@ -24,6 +24,8 @@ if __name__ == "__main__":
     else:
         warn_eval_beyond_support(read_extension(Path("models/extended")), max(p.eval.all_lengths()))
         model = load_finetuned(Path("models/finetuned"), Path("models/extended"), dtype=p.model.dtype)
-    metrics = evaluate_model(model, load_samples(Path("data/eval/samples.jsonl")), p.eval)
+    metrics = evaluate_model(model, load_samples(Path("data/eval/samples.jsonl")), p.eval,
+                             tokenizer=load_tokenizer("models/base"))
+    metrics["info.chat_template"] = int(p.eval.use_chat_template)  # recorded: it changes every prompt
     atomic_write_json(f"metrics/eval_{which}.json", metrics)
     print(f"evaluate {which}: {metrics}")

@@ -57,14 +57,19 @@ def score_samples(model, samples: list[EvalSample], batch_size: int = 1, desc: s
 
 
 @torch.no_grad()
+def greedy_generate(model, input_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy decoding with a KV cache; returns the new token ids (stops at EOS)."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([input_ids], device=device)
+    reset_dynamic_rope(model)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=model.config.eos_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
 def greedy_answer_correct(model, sample: EvalSample) -> bool:
     """Greedy generation with a KV cache, as a cross-check of the teacher-forced score."""
-    device = next(model.parameters()).device
-    ids = torch.tensor([sample.input_ids], device=device)
-    reset_dynamic_rope(model)
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(sample.answer_ids),
-                         do_sample=False, pad_token_id=model.config.eos_token_id)
-    return out[0, ids.shape[1]:].tolist() == sample.answer_ids
+    return greedy_generate(model, sample.input_ids, len(sample.answer_ids)) == sample.answer_ids
 
 
 def greedy_agreement(model, samples: list[EvalSample], teacher_forced: list[bool]) -> float:

@@ -10,10 +10,16 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
+from pathlib import Path
+
+from longctx.evaluation.dialog_recall import generate_dialog_recall
+from longctx.evaluation.needle import generate_needle
 from longctx.evaluation.passkey import generate_passkey
 from longctx.evaluation.perplexity import generate_perplexity, perplexity_metrics, token_nll
+from longctx.evaluation.ruler import (generate_common_words, generate_multikey, generate_multivalue,
+                                     generate_variable_tracking)
 from longctx.evaluation.samples import EvalSample
-from longctx.evaluation.scoring import score_samples
+from longctx.evaluation.scoring import greedy_agreement, greedy_generate, score_samples
 from longctx.params import EvalParams
 
 
@@ -27,10 +33,56 @@ def make_eval_samples(tokenizer, ep: EvalParams) -> list[EvalSample]:
     if ep.perplexity.enabled:
         for length in ep.perplexity.lengths or ep.lengths:
             samples += generate_perplexity(tokenizer, length, ep.seed)
+    for name, task in synthetic_tasks(ep):
+        generate = SYNTHETIC[name]
+        for length in task.lengths or ep.lengths:
+            for depth in ([None] if name in DEPTHLESS else task.depths):
+                samples += generate(tokenizer, length, depth, task.samples, ep.seed, ep.use_chat_template)
+    if ep.longbench.enabled:
+        samples += longbench_samples(tokenizer, ep)
     return samples
 
 
-def evaluate_model(model, samples: list[EvalSample], ep: EvalParams) -> dict:
+# Synthetic tasks by name -> generator; RULER's cwe and variable tracking spread their items instead of a depth.
+SYNTHETIC = {
+    "needle": generate_needle,
+    "multikey": generate_multikey,
+    "multivalue": generate_multivalue,
+    "variable_tracking": generate_variable_tracking,
+    "common_words": generate_common_words,
+    "dialog_recall": generate_dialog_recall,
+}
+DEPTHLESS = ("variable_tracking", "common_words")
+
+
+def synthetic_tasks(ep: EvalParams):
+    """(task name, its params) for every enabled synthetic task."""
+    if ep.needle.enabled:
+        yield "needle", ep.needle
+    if ep.ruler.enabled:
+        for name in ep.ruler.tasks:
+            yield name, ep.ruler
+    if ep.dialog_recall.enabled:
+        yield "dialog_recall", ep.dialog_recall
+
+
+def longbench_samples(tokenizer, ep: EvalParams) -> list[EvalSample]:
+    """LongBench prompts as samples to generate for (answers scored with each task's official metric)."""
+    from longctx.evaluation.longbench import LONGBENCH_REVISION, load_longbench, longbench_prompts
+
+    lb = ep.longbench
+    out = []
+    for task in lb.tasks:
+        source = Path(lb.source) if lb.source else None
+        records = load_longbench(task, source, lb.revision or LONGBENCH_REVISION, limit=lb.limit)
+        for i, p in enumerate(longbench_prompts(records, task, tokenizer, lb.max_length, ep.use_chat_template)):
+            out.append(EvalSample(f"longbench.{task}", lb.max_length, None, i, p["prompt_ids"], [], "",
+                                  {"answers": p["answers"], "all_classes": p["all_classes"],
+                                   "max_new_tokens": p["max_new_tokens"], "truncated": p["truncated"]}))
+    return out
+
+
+def evaluate_model(model, samples: list[EvalSample], ep: EvalParams, tokenizer=None) -> dict:
     """Score every sample; return flat metrics."""
     import torch
     from tqdm.auto import tqdm
@@ -38,16 +90,22 @@ def evaluate_model(model, samples: list[EvalSample], ep: EvalParams) -> dict:
     t0 = time.perf_counter()
     metrics: dict[str, float] = {}
     answer_tasks = [s for s in samples if s.answer_ids]
-    correct = score_samples(model, answer_tasks, ep.batch_size, desc="passkey")
+    correct = score_samples(model, answer_tasks, ep.batch_size, desc="retrieval tasks")
     by_length = defaultdict(list)
     by_depth = defaultdict(list)
     for s, ok in zip(answer_tasks, correct):
         by_length[(s.task, s.length)].append(ok)
-        by_depth[(s.task, s.length, s.depth)].append(ok)
+        if s.depth is not None:
+            by_depth[(s.task, s.length, s.depth)].append(ok)
     for (task, length), oks in by_length.items():
         metrics[f"{task}.{length}"] = sum(oks) / len(oks)
     for (task, length, depth), oks in by_depth.items():
         metrics[f"{task}.{length}.d{depth:g}"] = sum(oks) / len(oks)
+    if ep.greedy_check and answer_tasks:
+        # Teacher forcing must agree with real greedy decoding; report how often it does.
+        checked = answer_tasks[: ep.greedy_check]
+        metrics["check.greedy_agreement"] = greedy_agreement(model, checked, correct[: len(checked)])
+    metrics.update(longbench_metrics(model, tokenizer, [s for s in samples if s.task.startswith("longbench.")]))
 
     device = next(model.parameters()).device
     for s in tqdm([s for s in samples if s.task == "perplexity"], desc="perplexity", unit="window"):
@@ -57,3 +115,24 @@ def evaluate_model(model, samples: list[EvalSample], ep: EvalParams) -> dict:
     # Wall time is printed, not stored: metrics must be identical run to run for identical inputs.
     print(f"evaluated {len(samples)} samples in {time.perf_counter() - t0:.1f} s")
     return dict(sorted(metrics.items()))
+
+
+def longbench_metrics(model, tokenizer, samples: list[EvalSample]) -> dict:
+    """Greedy answers for LongBench prompts, scored per task with LongBench's official metric (0-100)."""
+    if not samples:
+        return {}
+    from tqdm.auto import tqdm
+
+    from longctx.evaluation.longbench import score_longbench
+
+    by_task = defaultdict(list)
+    for s in tqdm(samples, desc="longbench", unit="prompt"):
+        new_ids = greedy_generate(model, s.input_ids, s.meta["max_new_tokens"])
+        by_task[s.task].append((tokenizer.decode(new_ids, skip_special_tokens=True), s))
+    metrics = {}
+    for task, pairs in by_task.items():
+        name = task.split(".", 1)[1]
+        preds = [p for p, _ in pairs]
+        answers = [s.meta["answers"] for _, s in pairs]
+        metrics[task] = round(score_longbench(name, preds, answers, pairs[0][1].meta["all_classes"]), 2)
+    return metrics
