@@ -74,6 +74,17 @@ def test_repro_runs_every_stage_and_writes_summary(project):
     assert native["native_window"] == 8192 and native["rope_theta"] == 100000.0
 
 
+def test_forced_rerun_gives_identical_metrics(project):
+    """Reproducibility: `dvc repro --force` again gives byte-identical metrics and eval prompts."""
+    work, _ = project
+    files = ["metrics/summary.json", "metrics/eval_base.json", "metrics/eval_extended.json", "metrics/train.json",
+             "metrics/data.json", "data/eval/samples.jsonl", "data/sft/train.jsonl"]
+    before = {f: (work / f).read_bytes() for f in files}
+    run(f"{sys.executable} -m dvc repro --force", work)
+    for f in files:
+        assert (work / f).read_bytes() == before[f], f"{f} changed between two identical runs"
+
+
 def test_method_change_reruns_only_what_depends_on_it(project):
     work, _ = project
     out = run(f"{sys.executable} -m dvc exp run -S method=yarn", work)
