@@ -325,7 +325,7 @@ def parse_params(raw: dict) -> Params:
     data = raw.get("data") or {}
     if not isinstance(data, dict):
         raise ParamsError("data: expected a mapping")
-    return Params(
+    params = Params(
         model=build(ModelParams, raw.get("model"), "model"),
         method=method,
         target_length=target,
@@ -334,6 +334,20 @@ def parse_params(raw: dict) -> Params:
         train=build(TrainParams, raw.get("train"), "train"),
         eval=build(EvalParams, raw.get("eval"), "eval"),
     )
+    check_combinations(params)
+    return params
+
+
+def check_combinations(p: Params) -> None:
+    """Rules that involve several keys at once."""
+    if METHODS[p.method].family == "position_ids" and p.train.seq_len > p.target_length:
+        raise ParamsError(
+            f"train.seq_len: {p.method} trains a short window inside target_length, so it must be <= "
+            f"target_length ({p.target_length}), got {p.train.seq_len}"
+        )
+    if p.train.mode == "full" and p.train.lora.trainable:
+        raise ParamsError("train.lora.trainable: only for train.mode=lora (full fine-tuning trains everything); "
+                          "set one of the two")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -346,3 +360,14 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         except yaml.YAMLError as e:
             raise ParamsError(f"{path}: not valid YAML: {e}") from None
     return parse_params(raw or {})
+
+
+def stage_params(path: str | Path = "params.yaml") -> Params:
+    """``load_params`` for stage scripts: a bad value ends the stage with one line on stderr, exit code 2."""
+    import sys
+
+    try:
+        return load_params(path)
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -11,14 +11,14 @@ from longctx.evaluation.suite import evaluate_model
 from longctx.io import atomic_write_json
 from longctx.modeling import load_model, load_tokenizer, read_extension
 from longctx.methods import warn_eval_beyond_support
-from longctx.params import load_params
+from longctx.params import stage_params
 from longctx.train import load_finetuned
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else ""
     if which not in ("base", "extended"):
         sys.exit("usage: python stages/evaluate.py base|extended")
-    p = load_params()
+    p = stage_params()
     if which == "base":
         model = load_model("models/base", dtype=p.model.dtype)
     else:

@@ -6,11 +6,11 @@ Launch on several GPUs with `accelerate launch --config_file configs/accelerate/
 from pathlib import Path
 
 from longctx.io import atomic_write_json
-from longctx.params import load_params
+from longctx.params import stage_params
 from longctx.train import finetune
 
 if __name__ == "__main__":
-    p = load_params()
+    p = stage_params()
     summary = finetune(Path("models/extended"), Path("data/sft/train.jsonl"), Path("models/finetuned"), p.train,
                        p.model.dtype, live_dir=Path("metrics/train"))
     atomic_write_json("metrics/train.json", summary)

@@ -149,3 +149,13 @@ def test_unknown_method_and_short_target(base_dir, tmp_path):
     with pytest.raises(ValueError, match="methods.yarn: unknown parameter"):
         make_extended_model(base_dir, tmp_path / "x", "yarn", {"bogus": 1}, TARGET)
     assert not (tmp_path / "x").exists()
+
+
+def test_rope_method_on_a_model_without_rope(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path / "gpt2")
+    (tmp_path / "gpt2" / "native.json").write_text(json.dumps({"native_window": 1024, "rope_theta": None}))
+    with pytest.raises(ValueError, match="method: yarn needs a RoPE model"):
+        make_extended_model(tmp_path / "gpt2", tmp_path / "out", "yarn", {}, 4096)
+    assert not (tmp_path / "out").exists()

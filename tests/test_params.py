@@ -115,3 +115,43 @@ def test_malformed_yaml(tmp_path):
     f.write_text("train: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(f)
+
+
+COMBINATIONS = [
+    ({"method": "cream", "train.seq_len": 65536}, r"train.seq_len: cream trains a short window"),
+    ({"train.mode": "full", "train.lora.trainable": ["norm"]}, r"train.lora.trainable: only for train.mode=lora"),
+]
+
+
+@pytest.mark.parametrize("edits,message", COMBINATIONS)
+def test_mutually_constrained_keys(edits, message):
+    raw = copy.deepcopy(SHIPPED)
+    for path, value in edits.items():
+        node = raw
+        *head, last = path.split(".")
+        for k in head:
+            node = node[k]
+        node[last] = value
+    with pytest.raises(ParamsError, match=message):
+        parse_params(raw)
+
+
+STAGE_CASES = [
+    ("extend.py", "method", "magic", "models/extended"),
+    ("finetune.py", "train.lr", 0, "models/finetuned"),
+    ("eval_samples.py", "eval.passkey.depths", [2.0], "data/eval"),
+]
+
+
+@pytest.mark.parametrize("script,path,value,output", STAGE_CASES)
+def test_stage_stops_with_one_line_and_writes_nothing(script, path, value, output, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(edit(path, value)))
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / script)], cwd=tmp_path, capture_output=True,
+                          text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and path in lines[0], proc.stderr
+    assert not (tmp_path / output).exists()
