@@ -1,0 +1,34 @@
+"""Cross-experiment report (not a pipeline stage): docs/report/report.md + *_by_method.png.
+
+    python stages/report.py                         # HEAD and the experiments derived from it
+    python stages/report.py --all-commits           # every commit and its experiments
+    python stages/report.py --rev main --rev my-branch --out docs/report
+"""
+
+import argparse
+
+from longctx.report import METRICS_FILE, write_report
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Compare DVC experiments: Markdown table + plots (reads `dvc exp show --json`).")
+    p.add_argument("--out", default="docs/report", help="output folder (default: docs/report)")
+    p.add_argument("--repo", default=".", help="DVC repository to read (default: .)")
+    p.add_argument("--revs", "--rev", dest="revs", nargs="+", action="extend", default=[], metavar="REV",
+                   help="commits/branches/tags (and their experiments); default HEAD")
+    p.add_argument("-A", "--all-commits", action="store_true", help="every commit and its experiments")
+    p.add_argument("-a", "--all-branches", action="store_true", help="every branch tip and its experiments")
+    p.add_argument("-T", "--all-tags", action="store_true", help="every tag and its experiments")
+    ws = p.add_mutually_exclusive_group()
+    ws.add_argument("--workspace", dest="include_workspace", action="store_const", const=True, default=None,
+                    help="always list the workspace (default: only when it differs from every other row)")
+    ws.add_argument("--no-workspace", dest="include_workspace", action="store_const", const=False)
+    p.add_argument("--metrics-file", default=METRICS_FILE)
+    a = p.parse_args(argv)
+    report = write_report(a.out, a.repo, a.revs, a.all_commits, a.all_branches, a.all_tags,
+                          a.include_workspace, a.metrics_file)
+    print(f"report: {report}")
+
+
+if __name__ == "__main__":
+    main()
