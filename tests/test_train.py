@@ -1,5 +1,6 @@
 """Fine-tuning: LoRA and full both learn; packing changes nothing; position-id methods flow through."""
 
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,8 @@ from transformers import LlamaForCausalLM
 from longctx.methods import build_extension
 from longctx.modeling import make_extended_model
 from longctx.params import LoraParams, TrainParams
-from longctx.train import batch_inputs, finetune, load_finetuned, method_position_ids, read_sft
+from longctx.train import (SampleOrder, batch_inputs, finetune, load_finetuned, method_position_ids,
+                           micro_batch_slots, read_sft, train_fingerprint)
 from tests.conftest import tiny_llama_config
 from tests.test_modeling import base_dir  # noqa: F401  (module fixture: a tiny materialised base model)
 
@@ -95,3 +97,328 @@ def test_position_id_methods_flow_through_packing(method, tmp_path):
     assert torch.allclose(out[0, 30:], alone[0], atol=1e-5)
     # Same seed -> same ids; the scheme is reproducible.
     assert method_position_ids(ext, [30, 30], 5) == method_position_ids(ext, [30, 30], 5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoint and resume
+# ------------------------------------------------------------------------------------------------
+
+def _tiny_run_setup(base_dir, tmp_path, method="yarn", n=6):  # noqa: F811
+    ext_dir = tmp_path / "ext"
+    make_extended_model(base_dir, ext_dir, method, {}, 256)
+    sft = tmp_path / "train.jsonl"
+    write_sft(sft, n=n, length=32)
+    return ext_dir, sft
+
+
+def _weights(out, ext_dir):
+    model = load_finetuned(out, ext_dir, dtype="float32", device="cpu")
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_interrupted_and_resumed_equals_uninterrupted(mode, base_dir, tmp_path):  # noqa: F811
+    ext_dir, sft = _tiny_run_setup(base_dir, tmp_path)
+    # LoRA dropout > 0 makes the run depend on the restored RNG state; batch 2 crosses an epoch boundary.
+    tp = TrainParams(steps=6, mode=mode, seq_len=32, batch_size=2, lr=1e-3, scheduler="cosine", warmup_steps=1,
+                     checkpoint_every=2,
+                     lora=LoraParams(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"]))
+    ref_losses = []
+    ref = finetune(ext_dir, sft, tmp_path / "ref", tp, dtype="float32", checkpoint_dir=tmp_path / "ck_ref",
+                   on_step=lambda s, loss: ref_losses.append(loss))
+    assert not list((tmp_path / "ck_ref").iterdir())  # scratch checkpoints are removed once the output is written
+
+    ck = tmp_path / "ck"
+    losses = []
+
+    def stop_at_3(step, loss):
+        losses.append(loss)
+        if step == 3:
+            raise KeyboardInterrupt  # what Ctrl-C does at a step boundary
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(ext_dir, sft, tmp_path / "out", tp, dtype="float32", checkpoint_dir=ck, on_step=stop_at_3)
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in ck.iterdir()) == ["step_2", "step_3"]  # scheduled at 2, Ctrl-C at 3, keep 2
+    state = json.loads((ck / "step_3" / "trainer_state.json").read_text())
+    assert state["step"] == 3 and state["cursor"] == 3 * 2 and len(state["losses"]) == 3
+    if mode == "lora":  # adapter only, not the frozen base weights
+        assert not list((ck / "step_3").glob("model*.safetensors"))
+
+    resumed_steps = []
+    summary = finetune(ext_dir, sft, tmp_path / "out", tp, dtype="float32", checkpoint_dir=ck,
+                       on_step=lambda s, loss: (resumed_steps.append(s), losses.append(loss)))
+    assert resumed_steps == [4, 5, 6]
+    assert losses == pytest.approx(ref_losses, abs=1e-6)
+    assert summary == ref
+    a, b = _weights(tmp_path / "ref", ext_dir), _weights(tmp_path / "out", ext_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_incompatible_checkpoint_is_not_resumed(base_dir, tmp_path):  # noqa: F811
+    ext_dir, sft = _tiny_run_setup(base_dir, tmp_path)
+    tp = TrainParams(steps=3, mode="lora", seq_len=32, checkpoint_every=1,
+                     lora=LoraParams(r=4, alpha=8, target_modules=["q_proj"]))
+    ck = tmp_path / "ck"
+
+    def stop_at_2(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(ext_dir, sft, tmp_path / "out", tp, dtype="float32", checkpoint_dir=ck, on_step=stop_at_2)
+    assert [p.name for p in sorted(ck.iterdir())] == ["step_1", "step_2"]
+    steps = []
+    tp2 = dataclasses.replace(tp, lr=2e-4)  # other params: the old checkpoints mean nothing
+    finetune(ext_dir, sft, tmp_path / "out", tp2, dtype="float32", checkpoint_dir=ck,
+             on_step=lambda s, loss: steps.append(s))
+    assert steps == [1, 2, 3]
+    # checkpoint_every / keep_checkpoints do not change the computation: same fingerprint.
+    fp = train_fingerprint(tp, "float32", ext_dir, sft, 1)
+    assert fp == train_fingerprint(dataclasses.replace(tp, checkpoint_every=5, keep_checkpoints=3), "float32",
+                                   ext_dir, sft, 1)
+    assert fp != train_fingerprint(tp, "float32", ext_dir, sft, 2)
+
+
+def test_micro_batch_slots_same_global_batch_for_any_split():
+    def global_batch(step, micro, accum, nproc):
+        return sorted(s for a in range(accum) for p in range(nproc)
+                      for s in micro_batch_slots(step, a, p, micro, accum, nproc))
+
+    for step in range(3):
+        want = list(range(step * 4, step * 4 + 4))
+        assert global_batch(step, 4, 1, 1) == want
+        assert global_batch(step, 1, 4, 1) == want
+        assert global_batch(step, 1, 1, 4) == want
+        assert global_batch(step, 2, 1, 2) == want
+        assert global_batch(step, 1, 2, 2) == want
+    order = SampleOrder(5, 0)
+    assert sorted(order(s) for s in range(5)) == list(range(5))
+    assert sorted(order(s) for s in range(5, 10)) == list(range(5))
+
+
+# ------------------------------------------------------------------------------------------------
+# Two processes (gloo, CPU) under accelerate launch
+# ------------------------------------------------------------------------------------------------
+
+RUNNER = '''
+import json, sys
+from pathlib import Path
+from longctx.params import build, TrainParams
+from longctx.train import finetune
+
+ext_dir, sft, out, ck, tp_json, result = sys.argv[1:7]
+tp = build(TrainParams, json.loads(tp_json), "train")
+losses = []
+finetune(Path(ext_dir), Path(sft), Path(out), tp, dtype="float32", checkpoint_dir=Path(ck),
+         on_step=lambda step, loss: losses.append(loss))
+from accelerate import PartialState
+if PartialState().is_main_process:
+    Path(result).write_text(json.dumps({"losses": losses, "num_processes": PartialState().num_processes}))
+'''
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(tmp_path, name, ext_dir, sft, tp: dict, config=None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    result = tmp_path / f"{name}.json"
+    args = [str(ext_dir), str(sft), str(tmp_path / name), str(tmp_path / f"ck_{name}"), json.dumps(tp), str(result)]
+    if config:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(root / config),
+               "--main_process_port", str(_free_port()), str(script), *args]
+    else:
+        cmd = [sys.executable, str(script), *args]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "ACCELERATE_USE_CPU": "true"}
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(result.read_text())
+
+
+def test_two_processes_match_one(base_dir, tmp_path):  # noqa: F811
+    """batch_size 1 x 2 processes (gloo) = grad_accum 2 x 1 process: same losses, same weights."""
+    ext_dir, sft = _tiny_run_setup(base_dir, tmp_path)
+    common = {"steps": 3, "mode": "full", "seq_len": 32, "lr": 1e-3, "scheduler": "constant", "max_grad_norm": 1.0}
+    two = _launch(tmp_path, "two", ext_dir, sft, {**common, "batch_size": 1, "grad_accum": 1},
+                  config="configs/accelerate/cpu_2proc.yaml")
+    one = _launch(tmp_path, "one", ext_dir, sft, {**common, "batch_size": 1, "grad_accum": 2})
+    assert two["num_processes"] == 2 and one["num_processes"] == 1
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
+    a, b = _weights(tmp_path / "two", ext_dir), _weights(tmp_path / "one", ext_dir)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+# ------------------------------------------------------------------------------------------------
+# Accelerate configs
+# ------------------------------------------------------------------------------------------------
+
+def test_accelerate_configs_parse():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    want = {"single_gpu": DistributedType.NO, "ddp": DistributedType.MULTI_GPU, "fsdp2": DistributedType.FSDP,
+            "multi_node": DistributedType.MULTI_GPU, "cpu_2proc": DistributedType.MULTI_GPU}
+    assert {p.stem for p in folder.glob("*.yaml")} == set(want)
+    for name, kind in want.items():
+        cfg = load_config_from_file(str(folder / f"{name}.yaml"))
+        assert cfg.distributed_type == kind, name
+    fsdp = load_config_from_file(str(folder / "fsdp2.yaml")).fsdp_config
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+    assert load_config_from_file(str(folder / "fsdp2.yaml")).mixed_precision == "bf16"
+    node = load_config_from_file(str(folder / "multi_node.yaml"))
+    assert node.num_machines > 1 and node.main_process_ip and node.main_process_port
+    assert load_config_from_file(str(folder / "cpu_2proc.yaml")).num_processes == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory / speed options
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_ce_equals_model_loss(with_bias):
+    from longctx.train import LossFn, fused_causal_lm_loss
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(tie_word_embeddings=False)).train()
+    ids = torch.randint(3, 128, (2, 40))
+    labels = ids.clone()
+    labels[0, :15] = -100
+    labels[1, 30:] = -100
+    batch = {"input_ids": ids, "labels": labels, "use_cache": False}
+    ref = model(**batch).loss
+    ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    fused = LossFn(model, fused=True, chunk_size=7)(model, batch)  # chunks smaller than the label count
+    fused.backward()
+    assert abs(fused.item() - ref.item()) < 1e-5
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, ref_grads[n], atol=1e-5), n
+    if with_bias:  # the function alone, with a bias, against plain cross-entropy
+        hidden, weight, bias = torch.randn(2, 40, 64), torch.randn(128, 64), torch.randn(128)
+        logits = torch.nn.functional.linear(hidden, weight, bias)
+        want = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 128), labels[:, 1:].reshape(-1))
+        got = fused_causal_lm_loss(hidden, weight, labels, bias, chunk_size=5)
+        assert abs(got.item() - want.item()) < 1e-5
+
+
+def test_memory_options_run_and_match(base_dir, tmp_path):  # noqa: F811
+    """gradient_checkpointing + fused_ce + another attention kernel train to the same losses."""
+    ext_dir, sft = _tiny_run_setup(base_dir, tmp_path)
+    base = TrainParams(steps=2, mode="lora", seq_len=32, lr=1e-3, lora=LoraParams(r=4, alpha=8,
+                                                                                  target_modules=["q_proj", "v_proj"]))
+    runs = {}
+    for name, tp in {"plain": base,
+                     "options": dataclasses.replace(base, gradient_checkpointing=True, fused_ce=True,
+                                                    attn_implementation="eager")}.items():
+        losses = []
+        finetune(ext_dir, sft, tmp_path / name, tp, dtype="float32", checkpoint_dir=tmp_path / f"ck_{name}",
+                 on_step=lambda s, loss: losses.append(loss))
+        runs[name] = losses
+    assert runs["options"] == pytest.approx(runs["plain"], abs=1e-5)
+
+
+def test_train_option_validation():
+    from longctx.params import ParamsError, build
+
+    with pytest.raises(ParamsError, match="train.attn_implementation"):
+        build(TrainParams, {"attn_implementation": "xformers"}, "train")
+    with pytest.raises(ParamsError, match="train.keep_checkpoints"):
+        build(TrainParams, {"keep_checkpoints": 0}, "train")
+    tp = build(TrainParams, {"fused_ce": "true", "attn_implementation": "flex_attention", "checkpoint_every": 5},
+               "train")
+    assert tp.fused_ce is True and tp.attn_implementation == "flex_attention" and tp.checkpoint_every == 5
+
+
+# ------------------------------------------------------------------------------------------------
+# Max-length finder
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("limit", [1024, 5000, 8192, 70000, 10**9])
+def test_find_max_length_bisects_to_the_threshold(limit):
+    from longctx.maxlen import find_max_length
+
+    cleaned, tried = [], []
+
+    def fake_step(n):
+        tried.append(n)
+        if n > limit:
+            raise torch.OutOfMemoryError(f"fake: {n} > {limit}")
+
+    out = find_max_length(fake_step, start=1024, max_length=1 << 17, granularity=1024,
+                          cleanup=lambda: cleaned.append(1), log=None)
+    assert out["max_length"] == min(limit, 1 << 17) // 1024 * 1024
+    assert len(cleaned) == len(tried) == len(out["tries"])  # memory freed after every try
+    assert tried[:2] == [1024, 2048]
+    assert len(tried) <= 2 * 17
+
+
+def test_find_max_length_edge_cases():
+    from longctx.maxlen import find_max_length, is_oom
+
+    assert find_max_length(lambda n: (_ for _ in ()).throw(torch.OutOfMemoryError("x")), log=None,
+                           cleanup=lambda: None)["max_length"] == 0
+    assert is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_oom(ValueError("out of memory"))
+    with pytest.raises(ValueError, match="boom"):  # other errors are not swallowed
+        find_max_length(lambda n: (_ for _ in ()).throw(ValueError("boom")), log=None, cleanup=lambda: None)
+
+
+def test_build_step_runs_on_cpu(base_dir, tmp_path):  # noqa: F811
+    from longctx.maxlen import build_step, find_max_length
+
+    ext_dir, _ = _tiny_run_setup(base_dir, tmp_path, method="pose")
+    tp = TrainParams(mode="lora", fused_ce=True, gradient_checkpointing=True,
+                     lora=LoraParams(r=4, alpha=8, target_modules=["q_proj"]))
+    step = build_step(ext_dir, tp, dtype="float32", device="cpu")
+    assert step(64) > 0
+    assert build_step(ext_dir, tp, dtype="float32", device="cpu", eval_only=True)(64) > 0
+    # A real step under the search, with a fake memory limit.
+    def limited(n):
+        if n > 96:
+            raise torch.OutOfMemoryError("fake")
+        step(n)
+
+    assert find_max_length(limited, start=32, max_length=256, granularity=16, log=None)["max_length"] == 96
+
+
+# ------------------------------------------------------------------------------------------------
+# Benchmark script (GPU only): imports, and its FLOP formula
+# ------------------------------------------------------------------------------------------------
+
+def test_train_throughput_benchmark_formula():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+    spec = importlib.util.spec_from_file_location("train_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # 6*N*T + 6*L*h*T^2 by hand: N=1e6, L=2, h=64, T=1000 -> 6e9 + 768e6
+    assert bench.train_flops_per_step(10**6, 2, 64, 1000) == 6_768_000_000
+    # SmolLM2-135M at 8k: 6*106.2M*8192 + 6*30*576*8192^2
+    assert bench.train_flops_per_step(106_168_896, 30, 576, 8192) == pytest.approx(1.2176e13, rel=1e-3)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config())  # tied embeddings: 128*64 counted zero times
+    total = sum(p.numel() for p in model.parameters())
+    assert bench.non_embedding_params(model) == total - 128 * 64
