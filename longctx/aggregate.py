@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from longctx.io import atomic_write_json, read_json
+from longctx.io import atomic_savefig, atomic_write_json, read_json
 
 MODELS = ("base", "extended")
 
@@ -54,9 +54,7 @@ def plot_by_length(rows: list[dict], task: str, ylabel: str, path: Path, log: bo
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    atomic_savefig(fig, path)
 
 
 def aggregate(metrics_dir: Path, plots_dir: Path) -> dict:

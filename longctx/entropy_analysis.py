@@ -304,12 +304,6 @@ def plot_entropy(results_by_model: dict[str, dict], path_png, first_layers: int 
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
-    path = Path(path_png)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    from longctx.io import atomic_savefig
+
+    atomic_savefig(fig, path_png)

@@ -35,6 +35,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_lines(path, [text.removesuffix("\n")])
 
 
+def atomic_savefig(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure through a temporary file and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

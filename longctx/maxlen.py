@@ -97,7 +97,7 @@ def build_step(model_dir: str | Path, tp: TrainParams, dtype: str = "auto", devi
     used) or a plain one. ``step.model`` is the model.
     """
     from longctx.modeling import load_model, pick_device, read_extension
-    from longctx.train import LossFn, _wrap_lora, batch_inputs
+    from longctx.train import LossFn, batch_inputs, trainable_model
 
     device = torch.device(device) if device is not None else pick_device()
     autocast = device.type == "cuda" and dtype == "auto"
@@ -115,13 +115,7 @@ def build_step(model_dir: str | Path, tp: TrainParams, dtype: str = "auto", devi
         loss_fn = LossFn(model, fused=tp.fused_ce)
         optimizer = None
     else:
-        if tp.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.train()
-        if tp.mode == "lora":
-            model = _wrap_lora(model, tp)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=tp.lr, betas=(tp.beta1, tp.beta2), weight_decay=tp.weight_decay)
+        model, _, optimizer = trainable_model(model, tp)
         loss_fn = LossFn(model, fused=tp.fused_ce)
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)

@@ -182,23 +182,6 @@ def _check_lengths(where: str, lengths):
 
 
 @dataclass
-class PasskeyParams:
-    enabled: bool = True
-    depths: list[float] = field(default_factory=lambda: [0.2, 0.8])
-    samples: int = 1  # samples per (length, depth)
-    lengths: list[int] | None = None  # null = eval.lengths
-
-    def check(self, where):
-        _check_lengths(f"{where}.lengths", self.lengths)
-        _positive(f"{where}.samples", self.samples)
-        for i, d in enumerate(self.depths):
-            if not 0 <= d <= 1:
-                raise ParamsError(f"{where}.depths[{i}]: must be in [0, 1], got {d}")
-        if not self.depths:
-            raise ParamsError(f"{where}.depths: must list at least one depth")
-
-
-@dataclass
 class PerplexityParams:
     enabled: bool = True
     buckets: int = 4  # loss reported per position bucket: does the model still use far tokens?
@@ -224,6 +207,14 @@ class TaskParams:
         for i, d in enumerate(self.depths):
             if not 0 <= d <= 1:
                 raise ParamsError(f"{where}.depths[{i}]: must be in [0, 1], got {d}")
+        if not self.depths:
+            raise ParamsError(f"{where}.depths: must list at least one depth")
+
+
+@dataclass
+class PasskeyParams(TaskParams):
+    enabled: bool = True
+    depths: list[float] = field(default_factory=lambda: [0.2, 0.8])
 
 
 RULER_TASKS = ("multikey", "multivalue", "variable_tracking", "common_words")

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from longctx.io import atomic_write_text
+from longctx.io import atomic_savefig, atomic_write_text
 
 METRICS_FILE = "metrics/summary.json"
 PARAMS_FILE = "params.yaml"
@@ -294,15 +294,7 @@ def plot_by_method(rows: list[dict], task: str, path: str | Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(path)  # atomic, like atomic_write_text for the Markdown
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    atomic_savefig(fig, path)
     return True
 
 

@@ -131,6 +131,18 @@ def _scheduler(optimizer, tp: TrainParams):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def trainable_model(model, tp: TrainParams):
+    """Checkpointing, train mode, LoRA if asked, and AdamW over what is trainable: (model, params, optimizer)."""
+    if tp.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    if tp.mode == "lora":
+        model = _wrap_lora(model, tp)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tp.lr, betas=(tp.beta1, tp.beta2), weight_decay=tp.weight_decay)
+    return model, params, optimizer
+
+
 def _wrap_lora(model, tp: TrainParams):
     from peft import LoraConfig, get_peft_model
 
@@ -452,13 +464,7 @@ def finetune(extended_dir: Path, sft_file: Path, out_dir: Path, tp: TrainParams,
     model = load_model(extended_dir, dtype="float32" if dtype == "auto" else dtype, device=accelerator.device,
                        attn_implementation=tp.attn_implementation)
     model.config.use_cache = False
-    if tp.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    if tp.mode == "lora":
-        model = _wrap_lora(model, tp)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tp.lr, betas=(tp.beta1, tp.beta2), weight_decay=tp.weight_decay)
+    model, params, optimizer = trainable_model(model, tp)
     scheduler = _scheduler(optimizer, tp)
     # The scheduler stays unprepared: Accelerate's wrapper steps it once per process, we step once per optimizer step.
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -56,7 +56,6 @@ def plot_length_histogram(lengths_by_source: dict[str, list[int]], path_png) -> 
     ax.set_ylabel("samples")
     ax.set_title("SFT sample lengths")
     fig.tight_layout()
-    path_png = Path(path_png)
-    path_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path_png, dpi=100)
-    plt.close(fig)
+    from longctx.io import atomic_savefig
+
+    atomic_savefig(fig, path_png, dpi=100)

@@ -150,8 +150,6 @@ def needle_heatmap(results: dict[tuple[int, float], float], path_png: str | Path
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="accuracy")
     fig.tight_layout()
-    path_png = Path(path_png)
-    path_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path_png, dpi=120)
-    plt.close(fig)
-    return path_png
+    from longctx.io import atomic_savefig
+
+    return atomic_savefig(fig, path_png, dpi=120)
