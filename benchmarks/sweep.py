@@ -64,7 +64,8 @@ def main():
             del model
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "sweep.json").write_text(json.dumps(raw, indent=1, sort_keys=True))
-    print(Path(write_report(args.out, show=show)).read_text())
+    source = "benchmarks/sweep.py (one process; same pipeline functions and report as the DVC stages)"
+    print(Path(write_report(args.out, show=show, source=source)).read_text())
 
 
 if __name__ == "__main__":

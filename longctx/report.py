@@ -311,10 +311,12 @@ def write_report(
     include_workspace: bool | None = None,
     metrics_file: str = METRICS_FILE,
     show: list | None = None,
+    source: str | None = None,
 ) -> Path:
     """Write ``<out>/report.md`` and ``<out>/{passkey,ppl}_by_method.png``; return the report path.
 
-    ``show`` (already parsed ``dvc exp show --json``) skips the subprocess. A relative ``out`` is
+    ``show`` (already parsed ``dvc exp show --json``, or rows in its shape) skips the subprocess;
+    ``source`` then names where they came from in the report's header. A relative ``out`` is
     relative to the current directory, not to ``repo``.
     """
     if show is None:
@@ -325,7 +327,7 @@ def write_report(
     plots = {task: name for task, name in PLOT_FILES.items() if plot_by_method(ranked, task, out / name)}
     flags = [f"--rev {r}" for r in revs] + ["--all-commits"] * all_commits + ["--all-branches"] * all_branches
     flags += ["--all-tags"] * all_tags
-    source = " ".join(["dvc exp show --json", *flags])
+    source = source or " ".join(["dvc exp show --json", *flags])
     report = out / "report.md"
     atomic_write_text(report, render_markdown(rows, plots, source=source))
     return report
