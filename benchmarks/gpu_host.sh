@@ -4,16 +4,7 @@
 # (gguf, chitchat-dataset), as the device tool carries them; writes logs to $OUT.
 set -uo pipefail
 source benchmarks/gpu_setup.sh
-python3 - <<'PY'
-import yaml
-p = yaml.safe_load(open("params.yaml"))
-p["eval"]["lengths"] = [8192, 16384, 32768]
-p["eval"]["passkey"].update(depths=[0.1, 0.3, 0.5, 0.7, 0.9], samples=2)
-p["eval"]["batch_size"] = 2
-p["data"].update(num_samples=100, max_tokens=8192)
-p["train"].update(seq_len=8192, steps=int(__import__("os").environ.get("GPU_STEPS", "30")))
-yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
-PY
+python3 benchmarks/gpu_params.py --steps "${GPU_STEPS:-30}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for s in base_model prepare extend finetune eval_samples "evaluate base" "evaluate extended" aggregate; do
   t0=$(date +%s.%N); python3 stages/${s%% *}.py ${s#* } 2>&1 | grep -v "it/s\]\|Loading weights\|Converting" | tail -4

@@ -4,15 +4,7 @@
 # training throughput benchmark. Same setup as gpu_host.sh (GGUF at /tmp/smol.gguf, wheels in .whl/).
 set -uo pipefail
 source benchmarks/gpu_setup.sh
-python3 - <<'PY'
-import yaml
-p = yaml.safe_load(open("params.yaml"))
-p["eval"]["lengths"] = [8192, 16384, 32768]
-p["eval"]["passkey"].update(depths=[0.1, 0.3, 0.5, 0.7, 0.9], samples=2, lengths=None)
-p["eval"]["needle"].update(depths=[0.1, 0.3, 0.5, 0.7, 0.9], samples=1)
-p["eval"]["batch_size"] = 2
-yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
-PY
+python3 benchmarks/gpu_params.py --needle
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 stages/base_model.py 2>&1 | tail -1
 timeout 330 python3 benchmarks/methods_table.py --methods none,yarn,entropy_abf,selfextend --all-tasks \
