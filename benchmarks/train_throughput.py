@@ -8,8 +8,13 @@ Run on the GPU host from the repo root (no dvc/dvclive needed):
 Setups (each at every length, ascending, until it runs out of memory):
 - ``baseline``: plain transformers model, bf16 weights, SDPA, AdamW, full fine-tuning, no gradient
   checkpointing, the model's own loss (full logits), batch 1.
-- ``ours_full`` / ``ours_lora``: ``longctx.maxlen.build_step`` (the same setup as ``longctx.train.finetune``:
-  float32 master weights under bf16 autocast), full or LoRA, gradient checkpointing and fused CE on.
+- ``ours_*``: ``longctx.maxlen.build_step`` (the same setup as ``longctx.train.finetune``: float32 master
+  weights under bf16 autocast) with the ``train`` keys in ``SETUPS``: ``ours_full`` / ``ours_lora`` are the
+  fast setup (selective checkpointing, fused CE, Liger, SDPA on FlashAttention-4); ``ours_full_cudnn`` the
+  same on cuDNN attention; ``ours_full_lowmem`` checkpoints every layer whole, for the longest lengths.
+  ``--setup NAME=key=value,...`` adds one.
+
+Above 131072 tokens a setup runs ``--long-warmup`` warm-up and ``--long-repeats`` timed steps (1 each).
 
 MFU convention: model FLOPs per step = 6*N*T + 6*L*h*T^2 (N non-embedding parameters, L layers,
 h hidden size, T tokens; causal attention counted once, i.e. half of the full T^2 score matrix;
@@ -67,20 +72,88 @@ def baseline_step(model_dir: str):
     return step
 
 
-def ours_step(model_dir: str, mode: str):
+# This project's setups: TrainParams keys. "ours_*" is what a user sets in params.yaml's train block.
+FAST = "gradient_checkpointing=selective,fused_ce=true,liger=true,sdpa_backend=fa4"
+SETUPS = {
+    "baseline": None,  # the plain loop above
+    "ours_full": f"mode=full,{FAST}",
+    "ours_lora": f"mode=lora,{FAST}",
+    "ours_full_cudnn": "mode=full,gradient_checkpointing=selective,fused_ce=true,liger=true,sdpa_backend=cudnn",
+    "ours_full_nockpt": "mode=full,gradient_checkpointing=none,fused_ce=true,liger=true,sdpa_backend=fa4",
+    "ours_full_lowmem": "mode=full,gradient_checkpointing=full,fused_ce=true,liger=true,sdpa_backend=fa4",
+}
+
+
+def parse_setup(name: str, spec: str):
+    """``key=value,...`` (TrainParams keys, YAML values) -> validated TrainParams."""
+    import yaml
+
+    from longctx.params import TrainParams, build
+
+    kv = dict(item.split("=", 1) for item in spec.split(",") if item)
+    return build(TrainParams, {"batch_size": 1, "lr": 1e-5, **{k: yaml.safe_load(v) for k, v in kv.items()}},
+                 f"setup {name}")
+
+
+def ours_step(model_dir: str, spec: str):
     from longctx.maxlen import build_step
-    from longctx.params import TrainParams
 
-    tp = TrainParams(mode=mode, batch_size=1, gradient_checkpointing=True, fused_ce=True, lr=1e-5)
-    return build_step(model_dir, tp, dtype="auto", device="cuda")
+    return build_step(model_dir, parse_setup("ours", spec), dtype="auto", device="cuda")
 
 
-SETUPS = {"baseline": baseline_step, "ours_full": lambda d: ours_step(d, "full"),
-          "ours_lora": lambda d: ours_step(d, "lora")}
+def make_step(name: str, model_dir: str):
+    return baseline_step(model_dir) if SETUPS[name] is None else ours_step(model_dir, SETUPS[name])
 
 
-def measure(step, length: int, repeats: int) -> dict:
-    step(length)  # warm-up (allocator, kernels, optimizer state)
+def attention_kernel(backend: str, cfg) -> str:
+    """The aten op SDPA runs for this model's attention shape (GQA, causal, bf16) under ``backend``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from longctx.kernels import sdpa_backend
+
+    class Ops(TorchDispatchMode):
+        seen: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "attention" in str(func):
+                self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    q = torch.randn(1, cfg.num_attention_heads, 4096, hd, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, cfg.num_key_value_heads, 4096, hd, device="cuda", dtype=torch.bfloat16)
+    mode = Ops()
+    try:
+        with sdpa_backend(backend):
+            torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True)  # first use
+            with mode:
+                torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True)
+    except Exception as e:  # noqa: BLE001
+        return f"error: {type(e).__name__}: {e}"[:200]
+    return ",".join(dict.fromkeys(mode.seen)) + (" (FlashAttention-4)" if backend == "fa4" else "")
+
+
+def profile_step(step, length: int) -> None:
+    """One profiled step after a warm-up: where the time goes (host and device), top 12 ops each."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step(length)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step(length)
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    cuda_total = sum(e.self_device_time_total for e in events) / 1e6
+    print(f"profile at {length}: wall {wall:.3f} s (profiled), device busy {cuda_total:.3f} s")
+    print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+
+
+def measure(step, length: int, repeats: int, warmup: int) -> dict:
+    for _ in range(warmup):  # allocator, kernel selection / JIT compilation, optimizer state
+        step(length)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -97,28 +170,54 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/base")
     ap.add_argument("--lengths", default="8192,16384,32768,65536,131072")
-    ap.add_argument("--setups", default=",".join(SETUPS))
+    ap.add_argument("--setups", default=",".join(SETUPS), help=f"comma-separated, from {list(SETUPS)}")
+    ap.add_argument("--setup", action="append", default=[], metavar="NAME=KEY=VALUE,...",
+                    help="add a setup of TrainParams keys, e.g. mine=mode=full,gradient_checkpointing=full")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--long-repeats", type=int, default=1, help="timed steps above 131072 tokens")
+    ap.add_argument("--long-warmup", type=int, default=1, help="warm-up steps above 131072 tokens")
     ap.add_argument("--out", default="train_bench.json")
+    ap.add_argument("--profile", action="store_true",
+                    help="print torch.profiler's top ops for one step of each setup at the first length")
     args = ap.parse_args()
+    for extra in args.setup:
+        name, spec = extra.split("=", 1)
+        SETUPS[name] = spec
+    names = args.setups.split(",") + [e.split("=", 1)[0] for e in args.setup]
+    for name in names:
+        if name not in SETUPS:
+            sys.exit(f"train_throughput: unknown setup {name!r}; known: {', '.join(SETUPS)}")
+        if SETUPS[name] is not None:
+            parse_setup(name, SETUPS[name])  # fail before any GPU work
     if not torch.cuda.is_available():
         sys.exit("train_throughput: needs a CUDA GPU")
     lengths = [int(x) for x in args.lengths.split(",")]
     device = torch.cuda.get_device_name(0)
     print(f"device: {device}; torch {torch.__version__}")
     print(f"MFU = model FLOPs / time / {PEAK_FLOPS / 1e12:.0f} TFLOP/s (dense bf16 peak); {FORMULA}")
-    results = {"device": device, "peak_flops": PEAK_FLOPS, "formula": FORMULA, "model": args.model, "runs": []}
+    results = {"device": device, "torch": torch.__version__, "peak_flops": PEAK_FLOPS, "formula": FORMULA,
+               "model": args.model, "setups": {n: SETUPS[n] or "plain transformers loop" for n in names}, "runs": []}
+    for n in names:
+        print(f"  {n}: {SETUPS[n] or 'plain transformers: SDPA (default backend order), AdamW, no checkpointing'}")
     print(f"{'setup':<10} {'T':>7} {'tok/s':>9} {'MFU':>6} {'peak GiB':>9}")
-    for name in args.setups.split(","):
+    for name in names:
         free_memory()
-        step = SETUPS[name](args.model)
+        step = make_step(name, args.model)
         cfg = step.model.config
         n = non_embedding_params(step.model)
         results.setdefault("params", {})[name] = n
+        backend = "auto" if SETUPS[name] is None else parse_setup(name, SETUPS[name]).sdpa_backend
+        kernel = attention_kernel(backend, cfg)
+        results.setdefault("attention_kernel", {})[name] = kernel
+        print(f"{name}: attention kernel {kernel}", flush=True)
+        if args.profile:
+            profile_step(step, lengths[0])
         for T in lengths:
             row = {"setup": name, "length": T}
             try:
-                m = measure(step, T, args.repeats)
+                long = T > 131072
+                m = measure(step, T, args.long_repeats if long else args.repeats, args.long_warmup if long else args.warmup)
                 flops = train_flops_per_step(n, cfg.num_hidden_layers, cfg.hidden_size, T)
                 row.update(m, tokens_per_s=T / m["seconds_per_step"], mfu=flops / m["seconds_per_step"] / PEAK_FLOPS)
                 print(f"{name:<10} {T:>7} {row['tokens_per_s']:>9.0f} {row['mfu']:>6.1%} {row['peak_gib']:>9.2f}",

@@ -4,7 +4,7 @@
 last length that fitted and the first that did not, down to ``granularity`` tokens. Memory is
 freed between tries. The step function is injected, so the search is testable without a GPU;
 ``build_step`` makes the real one from the project's training setup (``TrainParams``: LoRA or
-full, gradient checkpointing, fused CE, attention kernel; the same bf16 autocast over float32
+full, gradient checkpointing, fused CE, Liger, SDPA backend, attention kernel; the same bf16 autocast over float32
 master weights as ``longctx.train.finetune``).
 """
 
@@ -96,6 +96,7 @@ def build_step(model_dir: str | Path, tp: TrainParams, dtype: str = "auto", devi
     The model folder may be an extended model (its extension, attention and position-id scheme are
     used) or a plain one. ``step.model`` is the model.
     """
+    from longctx.kernels import sdpa_backend
     from longctx.modeling import load_model, pick_device, read_extension
     from longctx.train import LossFn, batch_inputs, trainable_model
 
@@ -112,11 +113,15 @@ def build_step(model_dir: str | Path, tp: TrainParams, dtype: str = "auto", devi
                               10000.0, model.config.hidden_size // model.config.num_attention_heads)
     if eval_only:
         model.eval()
-        loss_fn = LossFn(model, fused=tp.fused_ce)
+        if tp.liger:
+            from longctx.kernels import apply_liger
+
+            apply_liger(model)
+        loss_fn = LossFn(model, fused=tp.fused_ce, liger=tp.liger)
         optimizer = None
     else:
         model, _, optimizer = trainable_model(model, tp)
-        loss_fn = LossFn(model, fused=tp.fused_ce)
+        loss_fn = LossFn(model, fused=tp.fused_ce, liger=tp.liger)
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
 
@@ -126,16 +131,17 @@ def build_step(model_dir: str | Path, tp: TrainParams, dtype: str = "auto", devi
             ids = torch.randint(0, vocab, (length,), generator=gen).tolist()
             rows.append({"input_ids": ids, "labels": ids, "position_ids": list(range(length)), "seq_lens": [length]})
         batch = batch_inputs(rows, ext, 0, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            if optimizer is None:
-                with torch.no_grad():
+        with sdpa_backend(tp.sdpa_backend):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                if optimizer is None:
+                    with torch.no_grad():
+                        loss = loss_fn(model, batch)
+                else:
                     loss = loss_fn(model, batch)
-            else:
-                loss = loss_fn(model, batch)
-        if optimizer is not None:
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if optimizer is not None:
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
     step.model = model

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from longctx.methods import METHODS, validate_method_params
+from longctx.kernels import CHECKPOINTING, SDPA_BACKENDS
 
 
 class ParamsError(ValueError):
@@ -142,24 +143,38 @@ class TrainParams:
     warmup_steps: int = 0
     scheduler: str = "cosine"  # cosine | linear | constant
     max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, ~30% slower)
+    # none | full (recompute each decoder layer in the backward pass) | selective (recompute all but the
+    # attention kernel, whose outputs are kept: nearly full speed at long lengths). true/false = full/none.
+    gradient_checkpointing: str = "none"
     seed: int = 0
     # Resumable checkpoints (models/checkpoints/step_<k>, scratch, not a DVC output) every N optimizer
     # steps; 0 = none on schedule (Ctrl-C still writes one). A compatible checkpoint is resumed on start.
     checkpoint_every: int = 0
     keep_checkpoints: int = 2  # how many of the newest checkpoints to keep (>= 1)
     # Loss without materialising the full logits: chunked lm_head + cross-entropy over label positions only
-    # (Liger's fused linear cross-entropy on CUDA when liger_kernel is installed). Same loss, less memory.
+    # (Liger's fused linear cross-entropy instead when liger is on). Same loss, less memory.
     fused_ce: bool = False
+    # Liger's Triton RMSNorm and SwiGLU (and its fused linear cross-entropy with fused_ce); CUDA only.
+    liger: bool = False
+    # Backend SDPA tries first: auto (PyTorch's order) | flash | fa4 (flash on FlashAttention-4, needs
+    # flash-attn-4 and an SM90/SM100 GPU) | cudnn | efficient | math. See longctx/kernels.py.
+    sdpa_backend: str = "auto"
     # Attention kernel for methods that need no attention of their own (Entropy-ABF and SelfExtend keep theirs):
     # sdpa | eager | flash_attention_2 (needs flash-attn, GPU) | flex_attention.
     attn_implementation: str = "sdpa"
     lora: LoraParams = field(default_factory=LoraParams)
 
+    def __post_init__(self):
+        # true/false (older params files, or a YAML boolean that arrives as "True"/"False") mean full/none
+        legacy = {"true": "full", "false": "none"}
+        self.gradient_checkpointing = legacy.get(str(self.gradient_checkpointing).lower(), self.gradient_checkpointing)
+
     def check(self, where):
         _positive(f"{where}.steps", self.steps, allow_zero=True)
         _choice(f"{where}.mode", self.mode, ("lora", "full"))
         _choice(f"{where}.scheduler", self.scheduler, ("cosine", "linear", "constant"))
+        _choice(f"{where}.gradient_checkpointing", self.gradient_checkpointing, CHECKPOINTING)
+        _choice(f"{where}.sdpa_backend", self.sdpa_backend, SDPA_BACKENDS)
         _choice(f"{where}.attn_implementation", self.attn_implementation,
                 ("sdpa", "eager", "flash_attention_2", "flex_attention"))
         for key in ("seq_len", "batch_size", "grad_accum", "lr", "keep_checkpoints"):

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from longctx.io import AtomicDir, atomic_write_json
+from longctx.kernels import apply_liger, checkpointing_kwargs, sdpa_backend
 from longctx.methods import Extension
 from longctx.modeling import EXTENSION_FILE, load_model, read_extension, verify_rope
 from longctx.params import TrainParams
@@ -132,9 +133,16 @@ def _scheduler(optimizer, tp: TrainParams):
 
 
 def trainable_model(model, tp: TrainParams):
-    """Checkpointing, train mode, LoRA if asked, and AdamW over what is trainable: (model, params, optimizer)."""
-    if tp.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    """Liger kernels and checkpointing if asked, train mode, LoRA if asked, and AdamW over what is
+    trainable: (model, params, optimizer)."""
+    if tp.liger:
+        apply_liger(model)
+    ckpt = checkpointing_kwargs(tp.gradient_checkpointing)
+    if ckpt is not None:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
     model.train()
     if tp.mode == "lora":
         model = _wrap_lora(model, tp)
@@ -209,21 +217,19 @@ def _chunk_ce_sum(h, weight, bias, y):
 
 
 def _liger_loss():
-    try:
-        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
-    except Exception:  # not installed, or no triton
-        return None
+    from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
     return LigerFusedLinearCrossEntropyLoss(ignore_index=-100, reduction="mean")
 
 
 def fused_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         bias: torch.Tensor | None = None, chunk_size: int = 1024, use_liger: bool = True):
+                         bias: torch.Tensor | None = None, chunk_size: int = 1024, liger: bool = False):
     """Causal-LM cross-entropy from the final hidden states without materialising the full logits.
 
     Same value as transformers' loss (shifted labels, ``-100`` ignored, mean over label tokens):
     only label positions go through the lm_head, ``chunk_size`` rows at a time, each chunk
-    recomputed in the backward pass (so at most one chunk of logits is alive). On CUDA with
-    ``liger_kernel`` installed, Liger's fused linear cross-entropy does the same in one kernel.
+    recomputed in the backward pass (so at most one chunk of logits is alive). ``liger=True`` (CUDA)
+    has Liger's fused linear cross-entropy do the same in one kernel.
     """
     y = labels[:, 1:]
     keep = y != -100
@@ -232,13 +238,11 @@ def fused_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     n = y.numel()
     if n == 0:
         return hidden.sum() * 0.0
-    if use_liger and h.is_cuda:
-        liger = _liger_loss()
-        if liger is not None:
-            if torch.is_autocast_enabled("cuda"):  # a Triton kernel: autocast does not reach it, so cast here
-                dt = torch.get_autocast_dtype("cuda")
-                h, weight, bias = h.to(dt), weight.to(dt), bias.to(dt) if bias is not None else None
-            return liger(weight, h, y, bias)
+    if liger:
+        if torch.is_autocast_enabled("cuda"):  # a Triton kernel: autocast does not reach it, so cast here
+            dt = torch.get_autocast_dtype("cuda")
+            h, weight, bias = h.to(dt), weight.to(dt), bias.to(dt) if bias is not None else None
+        return _liger_loss()(weight, h, y, bias)
     from torch.utils.checkpoint import checkpoint
 
     total = None
@@ -262,8 +266,8 @@ class LossFn:
     (``logits_to_keep=1``) and takes the final hidden states from a hook on the decoder.
     """
 
-    def __init__(self, model, fused: bool = False, chunk_size: int = 1024):
-        self.fused, self.chunk_size, self._hidden = fused, chunk_size, None
+    def __init__(self, model, fused: bool = False, chunk_size: int = 1024, liger: bool = False):
+        self.fused, self.chunk_size, self.liger, self._hidden = fused, chunk_size, liger, None
         if fused:
             lm = _causal_lm(model)
             if getattr(lm.config, "final_logit_softcapping", None):
@@ -285,7 +289,7 @@ class LossFn:
         model(**inputs, logits_to_keep=1)
         hidden, self._hidden = self._hidden, None
         weight, bias = self._head.weight, getattr(self._head, "bias", None)
-        return fused_causal_lm_loss(hidden, weight, batch["labels"], bias, self.chunk_size)
+        return fused_causal_lm_loss(hidden, weight, batch["labels"], bias, self.chunk_size, liger=self.liger)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,7 +477,7 @@ def finetune(extended_dir: Path, sft_file: Path, out_dir: Path, tp: TrainParams,
     accelerator.register_for_checkpointing(scheduler)
     if tp.mode == "lora":
         _register_lora_checkpoint_hooks(accelerator)
-    loss_fn = LossFn(model, fused=tp.fused_ce)
+    loss_fn = LossFn(model, fused=tp.fused_ce, liger=tp.liger)
 
     rows = read_sft(sft_file, tp.seq_len)
     sample = SampleOrder(len(rows), tp.seed)
@@ -509,12 +513,15 @@ def finetune(extended_dir: Path, sft_file: Path, out_dir: Path, tp: TrainParams,
                 "fingerprint": fingerprint, "steps": tp.steps, "num_processes": nproc}
 
     done, at_boundary, t0 = start, True, time.perf_counter()
-    with _SigintFlag() as sigint:
+    cuda = accelerator.device.type == "cuda"
+    with _SigintFlag() as sigint, sdpa_backend(tp.sdpa_backend):
         try:
             for step in tqdm(range(start, tp.steps), desc="finetune", unit="step", initial=start, total=tp.steps,
                              disable=not accelerator.is_main_process):
                 at_boundary = False
-                step_loss, step_tokens = torch.zeros((), device=accelerator.device), 0
+                step_loss, step_tokens, step_t0 = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(accelerator.device)
                 for a in range(tp.grad_accum):
                     slots = micro_batch_slots(step, a, rank, micro, tp.grad_accum, nproc)
                     batch = batch_inputs([rows[sample(s)] for s in slots], ext, 0, accelerator.device,
@@ -544,6 +551,11 @@ def finetune(extended_dir: Path, sft_file: Path, out_dir: Path, tp: TrainParams,
                 if live is not None:
                     live.log_metric("loss", round(losses[-1], 6))
                     live.log_metric("lr", lrs[-1])
+                    # reduced[] synchronised the device, so the step time is the real one
+                    live.log_metric("tokens_per_s", round(float(reduced[1]) / (time.perf_counter() - step_t0), 1))
+                    if cuda:
+                        live.log_metric("peak_memory_gib",
+                                        round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 3))
                     live.next_step()
                 if on_step is not None:
                     on_step(done, losses[-1])

@@ -322,15 +322,17 @@ def test_fused_ce_equals_model_loss(with_bias):
         assert abs(got.item() - want.item()) < 1e-5
 
 
-def test_memory_options_run_and_match(base_dir, tmp_path):  # noqa: F811
-    """gradient_checkpointing + fused_ce + another attention kernel train to the same losses."""
+@pytest.mark.parametrize("checkpointing", ["full", "selective"])
+def test_memory_options_run_and_match(base_dir, tmp_path, checkpointing):  # noqa: F811
+    """gradient checkpointing (full or selective) + fused_ce + another attention kernel + a preferred
+    SDPA backend train to the same losses."""
     ext_dir, sft = _tiny_run_setup(base_dir, tmp_path)
     base = TrainParams(steps=2, mode="lora", seq_len=32, lr=1e-3, lora=LoraParams(r=4, alpha=8,
                                                                                   target_modules=["q_proj", "v_proj"]))
     runs = {}
     for name, tp in {"plain": base,
-                     "options": dataclasses.replace(base, gradient_checkpointing=True, fused_ce=True,
-                                                    attn_implementation="eager")}.items():
+                     "options": dataclasses.replace(base, gradient_checkpointing=checkpointing, fused_ce=True,
+                                                    attn_implementation="eager", sdpa_backend="math")}.items():
         losses = []
         finetune(ext_dir, sft, tmp_path / name, tp, dtype="float32", checkpoint_dir=tmp_path / f"ck_{name}",
                  on_step=lambda s, loss: losses.append(loss))

@@ -1,0 +1,166 @@
+"""Which kernels a training step runs: the SDPA backend, selective activation checkpointing, Liger.
+
+Three switches of ``TrainParams``, each a plain function here so ``train.finetune``, the max-length
+finder and the throughput benchmark share them:
+
+- ``sdpa_backend(name)``: a context that makes PyTorch's ``scaled_dot_product_attention`` prefer one
+  backend (cuDNN, flash, memory-efficient, math), or run its flash backend on FlashAttention-4
+  (``fa4``: the ``flash-attn-4`` package through ``torch.nn.attention.activate_flash_attention_impl``).
+  Every method whose attention goes through SDPA uses it (plain RoPE methods and Entropy-ABF).
+- ``checkpointing_kwargs(mode)``: arguments for transformers' ``gradient_checkpointing_enable``. ``full``
+  recomputes each decoder layer in the backward pass; ``selective`` recomputes everything except the
+  attention kernel, whose outputs are kept (PyTorch's selective activation checkpointing). At long
+  lengths attention is most of the compute, so ``selective`` costs little time for
+  T x hidden x 2 bytes per layer.
+- ``apply_liger(model)``: Liger's Triton RMSNorm and SwiGLU modules in place of the Llama ones. RoPE is
+  left to transformers: the extension methods change the rotary embedding, and the rotation itself
+  is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+SDPA_BACKENDS = ("auto", "flash", "fa4", "cudnn", "efficient", "math")
+CHECKPOINTING = ("none", "full", "selective")
+FA4_IMPL = "FA4_longctx"
+
+
+def _backend_enum(name: str):
+    from torch.nn.attention import SDPBackend
+
+    return {"flash": SDPBackend.FLASH_ATTENTION, "fa4": SDPBackend.FLASH_ATTENTION,
+            "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "math": SDPBackend.MATH}[name]
+
+
+def check_fa4_available() -> None:
+    """Raise a clear error unless FlashAttention-4 can run here (package installed, SM90/SM100 GPU)."""
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.sdpa_backend: fa4 needs a CUDA GPU (SM90 or SM100); use auto on CPU")
+    major, _ = torch.cuda.get_device_capability()
+    if major not in (9, 10):
+        raise RuntimeError(f"train.sdpa_backend: fa4 needs an SM90/SM100 GPU, this one is SM{major}x; use cudnn or auto")
+    if importlib.util.find_spec("flash_attn") is None or importlib.util.find_spec("flash_attn.cute") is None:
+        raise RuntimeError("train.sdpa_backend: fa4 needs the flash-attn-4 package (pip install flash-attn-4)")
+
+
+@contextlib.contextmanager
+def sdpa_backend(name: str = "auto"):
+    """Within the block, SDPA tries backend ``name`` first (falling back to the others, in PyTorch's
+    order, for inputs it cannot take, e.g. an explicit mask for flash). ``auto`` changes nothing.
+
+    Wrap the forward *and* the backward pass: with gradient checkpointing the backward recomputes the
+    forward, and must pick the same kernel.
+    """
+    if name not in SDPA_BACKENDS:
+        raise ValueError(f"sdpa backend {name!r}; allowed: {', '.join(SDPA_BACKENDS)}")
+    if name == "auto":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    first = _backend_enum(name)
+    rest = [b for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                        SDPBackend.MATH) if b != first]
+    fa4 = None
+    if name == "fa4":
+        from torch.nn.attention import (activate_flash_attention_impl, register_flash_attention_impl,
+                                        restore_flash_attention_impl)
+        from torch.nn.attention._fa4 import register_flash_attention_fa4
+
+        check_fa4_available()
+        # PyTorch's own FA4 glue, pointed at longctx.fa4_compat (see there why)
+        register_flash_attention_impl(
+            FA4_IMPL, register_fn=functools.partial(register_flash_attention_fa4, module_path="longctx.fa4_compat"))
+        activate_flash_attention_impl(FA4_IMPL)
+        fa4 = restore_flash_attention_impl
+    try:
+        with sdpa_kernel([first, *rest], set_priority=True):
+            yield
+    finally:
+        if fa4 is not None:
+            fa4()
+
+
+def attention_ops() -> set:
+    """The aten (and flash-attn) ops that run the attention kernel: what ``selective`` keeps."""
+    names = ["_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
+             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu",
+             "_flash_attention_forward", "_efficient_attention_forward"]
+    ops = {getattr(torch.ops.aten, n).default for n in names if hasattr(torch.ops.aten, n)}
+    flash_attn = getattr(torch.ops, "flash_attn", None)  # flash-attn 2's custom ops, when installed
+    for n in ("_flash_attn_forward", "_flash_attn_varlen_forward"):
+        op = getattr(flash_attn, n, None) if flash_attn is not None else None
+        if op is not None:
+            ops.add(op.default)
+    # FlexAttention (SelfExtend's CUDA path) is a higher-order op that SAC cannot store in torch 2.11
+    # ("flex_attention encountered during backward, but not found in storage"): it is recomputed.
+    return ops
+
+
+def _keep_attention_policy(ops, ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if op in ops else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def checkpointing_kwargs(mode: str) -> dict | None:
+    """``gradient_checkpointing_kwargs`` for transformers, or None for ``none``."""
+    if mode not in CHECKPOINTING:
+        raise ValueError(f"gradient checkpointing {mode!r}; allowed: {', '.join(CHECKPOINTING)}")
+    if mode == "none":
+        return None
+    kwargs = {"use_reentrant": False}
+    if mode == "selective":
+        from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+        policy = functools.partial(_keep_attention_policy, attention_ops())
+        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, policy)
+    return kwargs
+
+
+def apply_liger(model) -> int:
+    """Swap each decoder layer's RMSNorms and SwiGLU MLP (and the final norm) for Liger's Triton modules,
+    weights carried over. Llama-style models only; returns the number of modules swapped."""
+    try:
+        from liger_kernel.transformers import LigerRMSNorm, LigerSwiGLUMLP
+    except ImportError as e:
+        raise RuntimeError("train.liger: needs the liger-kernel package (pip install liger-kernel)") from e
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.liger: Liger's kernels are Triton kernels and need a CUDA GPU; set liger: false")
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model
+    layers = getattr(base, "layers", None)
+    if layers is None or not all(hasattr(layer, n) for layer in layers
+                                 for n in ("mlp", "input_layernorm", "post_attention_layernorm")):
+        raise RuntimeError(f"train.liger: supported for Llama-style decoders only, not {type(model).__name__}")
+    if getattr(model.config, "hidden_act", "silu") not in ("silu", "swish"):
+        raise RuntimeError(f"train.liger: SwiGLU needs hidden_act silu, the model has {model.config.hidden_act}")
+
+    def swap_norm(old):
+        eps = getattr(old, "variance_epsilon", None) or getattr(old, "eps", 1e-6)
+        new = LigerRMSNorm(old.weight.shape[0], eps=eps).to(old.weight.device, old.weight.dtype)
+        new.load_state_dict(old.state_dict())
+        return new
+
+    def swap_mlp(old):
+        new = LigerSwiGLUMLP(model.config, intermediate_size=old.gate_proj.out_features)
+        new = new.to(old.gate_proj.weight.device, old.gate_proj.weight.dtype)
+        new.load_state_dict(old.state_dict())
+        return new
+
+    swapped = 0
+    for layer in layers:
+        layer.input_layernorm = swap_norm(layer.input_layernorm)
+        layer.post_attention_layernorm = swap_norm(layer.post_attention_layernorm)
+        layer.mlp = swap_mlp(layer.mlp)
+        swapped += 3
+    if hasattr(base, "norm"):
+        base.norm = swap_norm(base.norm)
+        swapped += 1
+    return swapped
