@@ -1,8 +1,9 @@
 """Longest training (or evaluation) sequence that fits on this device, with the configured train setup.
 
 Not a DVC stage: a tool to size `train.seq_len` / `eval.lengths` before a run. Reads `train` and
-`model.dtype` from params.yaml (mode, batch_size, gradient_checkpointing, fused_ce, attn_implementation),
-runs one step per tried length on random tokens, and prints the longest length that fits:
+`model.dtype` from params.yaml (mode, batch_size, gradient_checkpointing, fused_ce, liger, sdpa_backend,
+attn_implementation), runs one step per tried length on random tokens, and prints the longest length
+that fits:
 
     python stages/maxlen.py                        # training step of models/extended
     python stages/maxlen.py --eval                 # one evaluation forward instead

@@ -46,6 +46,29 @@ def test_finetune_reduces_loss_and_reloads(mode, base_dir, tmp_path):  # noqa: F
     assert json.loads((out / "finetune.json").read_text())["mode"] == mode
 
 
+def test_training_curves_are_logged(base_dir, tmp_path):  # noqa: F811
+    """dvclive gets one row per optimizer step of loss, learning rate and tokens/s (peak memory on CUDA)."""
+    pytest.importorskip("dvclive")
+    import csv
+
+    ext_dir = tmp_path / "ext"
+    make_extended_model(base_dir, ext_dir, "yarn", {}, 256)
+    sft = tmp_path / "train.jsonl"
+    write_sft(sft, n=3, length=32)
+    losses = []
+    tp = TrainParams(steps=3, mode="full", seq_len=32, lr=1e-3, scheduler="linear")
+    finetune(ext_dir, sft, tmp_path / "ft", tp, dtype="float32", live_dir=tmp_path / "live",
+             checkpoint_dir=tmp_path / "ck", on_step=lambda s, loss: losses.append(loss))
+    curves = {}
+    for f in (tmp_path / "live" / "plots" / "metrics").glob("*.tsv"):
+        with open(f) as fh:
+            curves[f.stem] = [float(r[f.stem]) for r in csv.DictReader(fh, delimiter="\t")]
+    assert set(curves) >= {"loss", "lr", "tokens_per_s"}
+    assert curves["loss"] == pytest.approx(losses, abs=1e-6)
+    assert curves["lr"][0] > curves["lr"][-1]  # linear decay
+    assert len(curves["tokens_per_s"]) == 3 and all(t > 0 for t in curves["tokens_per_s"])
+
+
 def test_zero_steps_passes_the_extended_model_through(base_dir, tmp_path):  # noqa: F811
     ext_dir = tmp_path / "ext"
     make_extended_model(base_dir, ext_dir, "pi", {}, 256)
