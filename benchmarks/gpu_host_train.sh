@@ -28,8 +28,10 @@ print("random-init SmolLM2-135M architecture at /tmp/base")
 EOF
 cp models/base/native.json /tmp/base/ 2>/dev/null
 timeout 150 python3 -m pytest -q -rfs ${TESTS:-tests/test_kernels.py} 2>&1 | grep -E "passed|failed|FAILED|SKIPPED|^E  " | head -30
-[ "${LENGTHS:-}" != none ] && timeout ${BENCH_TIMEOUT:-330} python3 benchmarks/train_throughput.py --model /tmp/base \
+[ "${LENGTHS:-}" = none ] || timeout ${BENCH_TIMEOUT:-330} python3 benchmarks/train_throughput.py --model /tmp/base \
   --lengths ${LENGTHS:-8192,16384,32768,65536,131072} ${BENCH_ARGS:-} --out $OUT/train_bench.json 2>&1 \
   | grep -v "it/s\]\|Loading weights"
-[ -n "${FINETUNE_CHECK:-}" ] && timeout 200 python3 benchmarks/gpu_finetune_check.py --base /tmp/base \
-  --out $OUT/finetune_check.json 2>&1 | grep -v "it/s\]\|s/it\]\|Loading weights\|UserWarning\|exe_args"
+if [ -n "${FINETUNE_CHECK:-}" ]; then
+  timeout 200 python3 benchmarks/gpu_finetune_check.py --base /tmp/base --out $OUT/finetune_check.json 2>&1 \
+    | grep -v "it/s\]\|s/it\]\|Loading weights\|UserWarning\|exe_args"
+fi

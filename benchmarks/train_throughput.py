@@ -11,7 +11,8 @@ Setups (each at every length, ascending, until it runs out of memory):
 - ``ours_*``: ``longctx.maxlen.build_step`` (the same setup as ``longctx.train.finetune``: float32 master
   weights under bf16 autocast) with the ``train`` keys in ``SETUPS``: ``ours_full`` / ``ours_lora`` are the
   fast setup (selective checkpointing, fused CE, Liger, SDPA on FlashAttention-4); ``ours_full_cudnn`` the
-  same on cuDNN attention; ``ours_full_lowmem`` checkpoints every layer whole, for the longest lengths.
+  same on cuDNN attention; ``ours_full_lowmem`` checkpoints every layer whole, for the longest lengths;
+  ``ours_full_compiled*`` compile the decoder layers (``train.compile``) instead of Liger.
   ``--setup NAME=key=value,...`` adds one.
 
 Above 131072 tokens a setup runs ``--long-warmup`` warm-up and ``--long-repeats`` timed steps (1 each).
@@ -80,6 +81,8 @@ SETUPS = {
     "ours_lora": f"mode=lora,{FAST}",
     "ours_full_cudnn": "mode=full,gradient_checkpointing=selective,fused_ce=true,liger=true,sdpa_backend=cudnn",
     "ours_full_nockpt": "mode=full,gradient_checkpointing=none,fused_ce=true,liger=true,sdpa_backend=fa4",
+    "ours_full_compiled": "mode=full,gradient_checkpointing=none,fused_ce=true,sdpa_backend=fa4,compile=true",
+    "ours_full_compiled_ckpt": "mode=full,gradient_checkpointing=full,fused_ce=true,sdpa_backend=fa4,compile=true",
     "ours_full_lowmem": "mode=full,gradient_checkpointing=full,fused_ce=true,liger=true,sdpa_backend=fa4",
 }
 

@@ -15,6 +15,8 @@ finder and the throughput benchmark share them:
 - ``apply_liger(model)``: Liger's Triton RMSNorm and SwiGLU modules in place of the Llama ones. RoPE is
   left to transformers: the extension methods change the rotary embedding, and the rotation itself
   is cheap.
+- ``compile_layers(model)``: ``torch.compile`` each decoder layer, so the norms, rotary, SwiGLU and
+  residual adds around the matmuls and the attention kernel run fused.
 """
 
 from __future__ import annotations
@@ -164,3 +166,19 @@ def apply_liger(model) -> int:
         base.norm = swap_norm(base.norm)
         swapped += 1
     return swapped
+
+
+def compile_layers(model) -> int:
+    """``torch.compile`` every decoder layer in place (the attention kernel inside stays the SDPA
+    backend chosen, called from the compiled code). Returns the number of layers compiled.
+
+    Each new sequence length compiles once more (then shapes are marked dynamic); the first steps
+    are slow. Not with selective checkpointing: its policy cannot see inside a compiled layer.
+    """
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise RuntimeError(f"train.compile: no decoder layers found in {type(model).__name__}")
+    for layer in layers:
+        layer.compile()
+    return len(layers)

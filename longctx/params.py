@@ -159,6 +159,8 @@ class TrainParams:
     # Backend SDPA tries first: auto (PyTorch's order) | flash | fa4 (flash on FlashAttention-4, needs
     # flash-attn-4 and an SM90/SM100 GPU) | cudnn | efficient | math. See longctx/kernels.py.
     sdpa_backend: str = "auto"
+    # torch.compile each decoder layer (fuses the elementwise work around the matmuls); not with selective.
+    compile: bool = False
     # Attention kernel for methods that need no attention of their own (Entropy-ABF and SelfExtend keep theirs):
     # sdpa | eager | flash_attention_2 (needs flash-attn, GPU) | flex_attention.
     attn_implementation: str = "sdpa"
@@ -175,6 +177,9 @@ class TrainParams:
         _choice(f"{where}.scheduler", self.scheduler, ("cosine", "linear", "constant"))
         _choice(f"{where}.gradient_checkpointing", self.gradient_checkpointing, CHECKPOINTING)
         _choice(f"{where}.sdpa_backend", self.sdpa_backend, SDPA_BACKENDS)
+        if self.compile and self.gradient_checkpointing == "selective":
+            raise ParamsError(f"{where}.compile: not with gradient_checkpointing: selective (its policy cannot see "
+                              "inside a compiled layer); use none or full")
         _choice(f"{where}.attn_implementation", self.attn_implementation,
                 ("sdpa", "eager", "flash_attention_2", "flex_attention"))
         for key in ("seq_len", "batch_size", "grad_accum", "lr", "keep_checkpoints"):

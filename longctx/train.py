@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from longctx.io import AtomicDir, atomic_write_json
-from longctx.kernels import apply_liger, checkpointing_kwargs, sdpa_backend
+from longctx.kernels import apply_liger, checkpointing_kwargs, compile_layers, sdpa_backend
 from longctx.methods import Extension
 from longctx.modeling import EXTENSION_FILE, load_model, read_extension, verify_rope
 from longctx.params import TrainParams
@@ -133,10 +133,12 @@ def _scheduler(optimizer, tp: TrainParams):
 
 
 def trainable_model(model, tp: TrainParams):
-    """Liger kernels and checkpointing if asked, train mode, LoRA if asked, and AdamW over what is
-    trainable: (model, params, optimizer)."""
+    """Liger kernels, compiled layers and checkpointing if asked, train mode, LoRA if asked, and AdamW
+    over what is trainable: (model, params, optimizer)."""
     if tp.liger:
         apply_liger(model)
+    if tp.compile:
+        compile_layers(model)
     ckpt = checkpointing_kwargs(tp.gradient_checkpointing)
     if ckpt is not None:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated

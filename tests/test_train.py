@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -363,11 +364,28 @@ def test_memory_options_run_and_match(base_dir, tmp_path, checkpointing):  # noq
     assert runs["options"] == pytest.approx(runs["plain"], abs=1e-5)
 
 
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.parametrize("checkpointing", ["none", "full"])
+def test_compiled_layers_train_to_the_same_losses(base_dir, tmp_path, checkpointing):  # noqa: F811
+    ext_dir, sft = _tiny_run_setup(base_dir, tmp_path)
+    base = TrainParams(steps=2, mode="full", seq_len=32, lr=1e-3, gradient_checkpointing=checkpointing)
+    runs = {}
+    for name, tp in {"eager": base, "compiled": dataclasses.replace(base, compile=True)}.items():
+        losses = []
+        finetune(ext_dir, sft, tmp_path / name, tp, dtype="float32", checkpoint_dir=tmp_path / f"ck_{name}",
+                 on_step=lambda s, loss: losses.append(loss))
+        runs[name] = losses
+    assert runs["compiled"] == pytest.approx(runs["eager"], abs=1e-4)
+
+
 def test_train_option_validation():
     from longctx.params import ParamsError, build
 
     with pytest.raises(ParamsError, match="train.attn_implementation"):
         build(TrainParams, {"attn_implementation": "xformers"}, "train")
+    with pytest.raises(ParamsError, match="train.compile: not with gradient_checkpointing: selective"):
+        build(TrainParams, {"compile": True, "gradient_checkpointing": "selective"}, "train")
     with pytest.raises(ParamsError, match="train.keep_checkpoints"):
         build(TrainParams, {"keep_checkpoints": 0}, "train")
     tp = build(TrainParams, {"fused_ce": "true", "attn_implementation": "flex_attention", "checkpoint_every": 5},
