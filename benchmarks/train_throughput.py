@@ -115,7 +115,9 @@ def attention_kernel(backend: str, cfg) -> str:
     from longctx.kernels import sdpa_backend
 
     class Ops(TorchDispatchMode):
-        seen: list = []
+        def __init__(self):
+            super().__init__()
+            self.seen = []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if "attention" in str(func):
@@ -210,10 +212,6 @@ def main():
         cfg = step.model.config
         n = non_embedding_params(step.model)
         results.setdefault("params", {})[name] = n
-        backend = "auto" if SETUPS[name] is None else parse_setup(name, SETUPS[name]).sdpa_backend
-        kernel = attention_kernel(backend, cfg)
-        results.setdefault("attention_kernel", {})[name] = kernel
-        print(f"{name}: attention kernel {kernel}", flush=True)
         if args.profile:
             profile_step(step, lengths[0])
         for T in lengths:
@@ -234,6 +232,12 @@ def main():
             free_memory()
             if row.get("oom"):
                 break
+        # Probed after the setup's steps: probed first in a process, the fa4 setup once read cuDNN
+        # although its steps ran FlashAttention-4 (its kernels are in the profile).
+        backend = "auto" if SETUPS[name] is None else parse_setup(name, SETUPS[name]).sdpa_backend
+        kernel = attention_kernel(backend, cfg)
+        results.setdefault("attention_kernel", {})[name] = kernel
+        print(f"{name}: attention kernel {kernel}", flush=True)
         del step
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
