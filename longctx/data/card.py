@@ -28,6 +28,11 @@ def length_stats(lengths: list[int]) -> dict:
     }
 
 
+def loss_token_share(label_tokens: int, total_tokens: int) -> float:
+    """Fraction of tokens that carry loss (the rest are masked to -100), 4 decimals."""
+    return round(label_tokens / total_tokens, 4) if total_tokens else 0.0
+
+
 def load_lengths_by_source(train_jsonl: Path) -> dict[str, list[int]]:
     """Per-source sample lengths read back from a ``train.jsonl`` (for the histogram)."""
     out: dict[str, list[int]] = {}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-SOURCE_TYPES = ("embedded_chitchat", "sharegpt", "longalpaca")
+SOURCE_TYPES = ("embedded_chitchat", "sharegpt", "longalpaca", "documents", "embedded_documents")
+DOCUMENT_TYPES = ("documents", "embedded_documents")  # language modelling: loss on every token
+LOSS_ON = ("assistant", "all")
 OVERLONG_POLICIES = ("drop", "truncate")
 CURRICULA = ("none", "short_to_long")
 
@@ -31,6 +33,10 @@ class SourceConfig:
     revision:    git revision (commit/tag) of a hub dataset; pin it for reproducibility.
     name:        label used in the data card and the ``source`` field; defaults to ``type``
                  (must be given explicitly when two sources share a type).
+    loss_on:     ``assistant`` (loss on assistant replies only) or ``all`` (every token, as
+                 CREAM's chat recipe trains). Default: ``assistant`` for dialogue sources,
+                 ``all`` for ``documents`` / ``embedded_documents`` (longctx/data/documents.py),
+                 which have no assistant turns and accept only ``all``.
     """
 
     type: str = "embedded_chitchat"
@@ -39,10 +45,16 @@ class SourceConfig:
     split: str = "train"
     revision: str | None = None
     name: str | None = None
+    loss_on: str | None = None
 
     @property
     def label(self) -> str:
         return self.name or self.type
+
+    @property
+    def loss_tokens(self) -> str:
+        """``loss_on`` with the type's default filled in."""
+        return self.loss_on or ("all" if self.type in DOCUMENT_TYPES else "assistant")
 
 
 @dataclass(frozen=True)
@@ -148,7 +160,7 @@ def _source_from_dict(s, i: int) -> SourceConfig:
     _check_choice(src.type, f"{where}.type", SOURCE_TYPES)
     if src.path_or_id is not None and (not isinstance(src.path_or_id, str) or not src.path_or_id):
         raise ValueError(f"{where}.path_or_id must be a non-empty string, got {src.path_or_id!r}")
-    if src.type != "embedded_chitchat" and src.path_or_id is None:
+    if src.type not in ("embedded_chitchat", "embedded_documents") and src.path_or_id is None:
         raise ValueError(f"{where}.path_or_id is required for type {src.type!r}")
     if not _is_number(src.weight) or src.weight < 0:
         raise ValueError(f"{where}.weight must be a number >= 0, got {src.weight!r}")
@@ -158,6 +170,10 @@ def _source_from_dict(s, i: int) -> SourceConfig:
         raise ValueError(f"{where}.revision must be a string, got {src.revision!r}")
     if src.name is not None and (not isinstance(src.name, str) or not src.name):
         raise ValueError(f"{where}.name must be a non-empty string, got {src.name!r}")
+    if src.loss_on is not None:
+        _check_choice(src.loss_on, f"{where}.loss_on", LOSS_ON)
+        if src.type in DOCUMENT_TYPES and src.loss_on != "all":
+            raise ValueError(f"{where}.loss_on: {src.type} sources have no assistant turns; use all (or leave it out)")
     return src
 
 
@@ -197,8 +213,9 @@ data:
   embedded_max_fraction: 0.95
   embedded_questions: 4
   sources:
-    - type: embedded_chitchat # embedded_chitchat | sharegpt | longalpaca
+    - type: embedded_chitchat # embedded_chitchat | sharegpt | longalpaca | documents | embedded_documents
       weight: 1.0
+      # loss_on: assistant    (assistant | all; documents: all)
       # path_or_id: data/raw/sharegpt.jsonl   (or a hub id)
       # split: train
       # revision: null

@@ -14,9 +14,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from longctx.data.card import length_stats
+from longctx.data.card import length_stats, loss_token_share
 from longctx.data.chat import IGNORE_INDEX, encode_conversation, fit_to_length, normalize_messages
 from longctx.data.config import DataConfig, SourceConfig
+from longctx.data.documents import document_chunks, iter_documents, tokenize_document
 from longctx.data.embedded import build_conversation, load_chitchat
 from longctx.data.formats import load_conversations
 from longctx.data.packing import pack_greedy, position_ids
@@ -81,7 +82,7 @@ def _file_samples(src: SourceConfig, quota: int, cfg: DataConfig, tokenizer, rng
             stats["dropped_no_assistant" if status == "no_labels" else f"dropped_{status}"] += 1
             continue
         stats["truncated"] += status == "truncated"
-        out.append(Sample(src.label, *fitted))
+        out.append(_with_loss_on(Sample(src.label, *fitted), src))
     if len(out) < quota:
         log.warning("data source %s: %d of %d requested samples available", src.label, len(out), quota)
     return out
@@ -107,7 +108,7 @@ def _embedded_samples(src: SourceConfig, quota: int, cfg: DataConfig, tokenizer,
                 encode_conversation(tokenizer, conv.messages), cfg.max_tokens, cfg.min_tokens, "drop"
             )
             if fitted is not None:
-                out.append(Sample(src.label, *fitted))
+                out.append(_with_loss_on(Sample(src.label, *fitted), src))
                 break
             target = int(target * (0.85 if status == "too_long" else 1.25))
         else:
@@ -120,10 +121,37 @@ def _embedded_samples(src: SourceConfig, quota: int, cfg: DataConfig, tokenizer,
     return out
 
 
+def _with_loss_on(sample: Sample, src: SourceConfig) -> Sample:
+    """``loss_on: all``: every token is a target (user turns and template tokens too)."""
+    if src.loss_tokens == "all":
+        return Sample(sample.source, sample.input_ids, list(sample.input_ids))
+    return sample
+
+
+def _document_samples(src: SourceConfig, quota: int, cfg: DataConfig, tokenizer, rng, stats) -> list[Sample]:
+    """Consecutive ``max_tokens`` chunks of documents in seeded order, loss on every token."""
+    out: list[Sample] = []
+    stats["available"] = 0  # documents read
+    for text in iter_documents(src, cfg.seed):
+        if len(out) == quota:
+            break
+        stats["available"] += 1
+        chunks = document_chunks(tokenize_document(tokenizer, text), cfg.max_tokens, cfg.min_tokens)
+        if not chunks:
+            stats["dropped_too_short"] += 1
+        for ids in chunks[: quota - len(out)]:
+            out.append(Sample(src.label, ids, list(ids)))
+    if len(out) < quota:
+        log.warning("data source %s: %d of %d requested samples available", src.label, len(out), quota)
+    return out
+
+
 BUILDERS = {
     "embedded_chitchat": _embedded_samples,
     "sharegpt": _file_samples,
     "longalpaca": _file_samples,
+    "documents": _document_samples,
+    "embedded_documents": _document_samples,
 }
 
 
@@ -173,14 +201,16 @@ def prepare_sft_data(cfg: dict | DataConfig, tokenizer, out_dir: Path) -> dict:
 
     Returns ``{"summary": ..., "lengths_by_source": ...}``: ``summary`` is small and
     JSON-serialisable (for ``metrics/data.json``): seed, max_tokens, pack, curriculum,
-    num_samples, num_sequences, total_tokens, label_tokens, packing_efficiency,
+    num_samples, num_sequences, total_tokens, label_tokens, loss_token_share (label_tokens /
+    total_tokens: the share of tokens that carry loss), packing_efficiency,
     sample_length / sequence_length stats (min/p10/p50/p90/max/mean) and per-source
     ``sources[name]`` = {type, requested, available, count, truncated, dropped_too_long,
-    dropped_too_short, dropped_no_assistant, tokens, label_tokens, length}.
+    dropped_too_short, dropped_no_assistant, tokens, label_tokens, loss_token_share, loss_on, length}
+    (for document sources ``available`` counts the documents read).
     ``lengths_by_source`` maps source name -> sample token lengths (for
     ``plot_length_histogram``; not meant for the metrics file).
 
-    Each line: ``input_ids``, ``labels`` (-100 outside assistant replies), ``position_ids``
+    Each line: ``input_ids``, ``labels`` (-100 outside assistant replies, unless ``loss_on: all``), ``position_ids``
     (restarting at 0 per packed sample), ``seq_lens`` (lengths of the samples in the
     sequence; one entry when not packing), ``source`` (source name, "+"-joined if a packed
     sequence mixes sources) and ``sample_sources`` (source of each sample, parallel to
@@ -199,10 +229,13 @@ def prepare_sft_data(cfg: dict | DataConfig, tokenizer, out_dir: Path) -> dict:
             rng = random.Random(f"{config.seed}:source:{src.label}")
             got = BUILDERS[src.type](src, quota, config, tokenizer, rng, stats)
         lengths = [len(s) for s in got]
+        label_tokens = sum(sum(x != IGNORE_INDEX for x in s.labels[1:]) for s in got)
         stats.update(
             count=len(got),
             tokens=sum(lengths),
-            label_tokens=sum(sum(x != IGNORE_INDEX for x in s.labels[1:]) for s in got),
+            label_tokens=label_tokens,
+            loss_token_share=loss_token_share(label_tokens, sum(lengths)),
+            loss_on=src.loss_tokens,
             length=length_stats(lengths),
         )
         samples.extend(got)
@@ -229,6 +262,7 @@ def prepare_sft_data(cfg: dict | DataConfig, tokenizer, out_dir: Path) -> dict:
         "num_sequences": len(seqs),
         "total_tokens": total,
         "label_tokens": sum(s["label_tokens"] for s in source_stats.values()),
+        "loss_token_share": loss_token_share(sum(s["label_tokens"] for s in source_stats.values()), total),
         "packing_efficiency": round(total / (len(seqs) * config.max_tokens), 4),
         "sample_length": length_stats([len(s) for s in samples]),
         "sequence_length": length_stats(seq_lengths),
