@@ -17,6 +17,12 @@ import math
 import torch
 
 
+def rotary_dim(head_dim: int, partial_rotary_factor: float = 1.0) -> int:
+    """Channels of a head that RoPE rotates: all of them, or the first ``head_dim * partial_rotary_factor``
+    (partial rotary, Phi-3 / GPT-NeoX; the rest carry no position). Every function below takes this ``dim``."""
+    return int(head_dim * partial_rotary_factor)
+
+
 def default_inv_freq(dim: int, base: float) -> torch.Tensor:
     """Original RoPE (Su et al. 2021, arXiv 2104.09864, Eq. 15): theta_i = base^(-2i/d)."""
     return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
@@ -51,13 +57,23 @@ def dynamic_ntk_inv_freq(dim: int, base: float, factor: float, native: int, seq_
     return default_inv_freq(dim, base * (factor * seq_len / native - (factor - 1)) ** (dim / (dim - 2))), 1.0
 
 
-def yarn_attention_factor(factor: float) -> float:
-    """YaRN temperature (arXiv 2309.00071, Eq. 22): sqrt(1/t) = 0.1 ln(s) + 1."""
-    return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
+def yarn_attention_factor(factor: float, mscale: float | None = None, mscale_all_dim: float | None = None) -> float:
+    """YaRN temperature (arXiv 2309.00071, Eq. 22): sqrt(1/t) = 0.1 ln(s) + 1.
+
+    DeepSeek-style configs give ``mscale`` and ``mscale_all_dim``; the factor is then the ratio
+    (0.1 mscale ln(s) + 1) / (0.1 mscale_all_dim ln(s) + 1).
+    """
+    def m(scale: float) -> float:
+        return 1.0 if factor <= 1 else 0.1 * scale * math.log(factor) + 1.0
+
+    if mscale and mscale_all_dim:
+        return m(mscale) / m(mscale_all_dim)
+    return m(1.0)
 
 
 def yarn_inv_freq(
-    dim: int, base: float, factor: float, native: int, beta_fast: float = 32.0, beta_slow: float = 1.0
+    dim: int, base: float, factor: float, native: int, beta_fast: float = 32.0, beta_slow: float = 1.0,
+    truncate: bool = True,
 ) -> tuple[torch.Tensor, float]:
     """YaRN "NTK-by-parts" frequencies plus attention temperature (arXiv 2309.00071, Eqs. 17-23).
 
@@ -66,15 +82,18 @@ def yarn_inv_freq(
     with r < beta_slow are interpolated by s, and a linear ramp gamma blends in between:
     theta'_i = (1 - gamma_i) theta_i / s + gamma_i theta_i.
     The ramp is defined on the pair index, with the boundaries
-    d(r) = dim * ln(L / (2 pi r)) / (2 ln b), floored/ceiled as the reference implementation does.
+    d(r) = dim * ln(L / (2 pi r)) / (2 ln b), floored/ceiled as the reference implementation does
+    (``truncate=False`` keeps them fractional, as some released configs ask).
     """
     theta = default_inv_freq(dim, base)
 
     def boundary(rotations: float) -> float:
         return dim * math.log(native / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
-    low = max(math.floor(boundary(beta_fast)), 0)
-    high = min(math.ceil(boundary(beta_slow)), dim - 1)
+    low, high = boundary(beta_fast), boundary(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001  # avoid a zero-width ramp
     i = torch.arange(dim // 2, dtype=torch.float64)
@@ -103,6 +122,54 @@ def llama3_inv_freq(
     out = torch.where(wavelen > low_wavelen, theta / factor, theta)
     is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
     return torch.where(is_medium, blended, out), 1.0
+
+
+def longrope_inv_freq(
+    dim: int, base: float, short_factor: list, long_factor: list, factor: float, native: int, seq_len: int | None = None
+) -> tuple[torch.Tensor, float]:
+    """LongRoPE (Ding et al. 2024, arXiv 2402.13753, Eq. 3; as shipped with Phi-3): per-pair rescale factors.
+
+    theta'_i = theta_i / lambda_i with lambda the ``long_factor`` list for sequences longer than the
+    pre-training window L, the ``short_factor`` list otherwise; attention scaling
+    sqrt(1 + ln(s) / ln(L)) with s the extension factor.
+    """
+    lam = torch.tensor(long_factor if seq_len and seq_len > native else short_factor, dtype=torch.float64)
+    scale = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(native))
+    return default_inv_freq(dim, base) / lam, scale
+
+
+def inv_freq_from_rope_parameters(
+    rope_parameters: dict, head_dim: int, max_position_embeddings: int, seq_len: int | None = None
+) -> tuple[torch.Tensor, float]:
+    """The frequencies a transformers ``rope_parameters`` dict implies, computed here (not by transformers).
+
+    Used to check a base model's own scaling (Llama-3.1's llama3, a released YaRN or LongRoPE model)
+    that ``method: none`` keeps. Raises ValueError for a RoPE type without a formula here.
+    """
+    rp = rope_parameters
+    theta, kind = float(rp["rope_theta"]), rp.get("rope_type", "default")
+    dim = rotary_dim(head_dim, rp.get("partial_rotary_factor", 1.0))
+    original = rp.get("original_max_position_embeddings") or max_position_embeddings
+    factor = rp.get("factor")
+    if kind == "default":
+        return default_inv_freq(dim, theta), 1.0
+    if kind == "linear":
+        return pi_inv_freq(dim, theta, factor)
+    if kind == "dynamic":
+        return dynamic_ntk_inv_freq(dim, theta, factor, max_position_embeddings, seq_len or max_position_embeddings)
+    if kind == "llama3":
+        return llama3_inv_freq(dim, theta, factor, original, rp["low_freq_factor"], rp["high_freq_factor"])
+    if kind == "yarn":
+        factor = factor or max_position_embeddings / original
+        inv, _ = yarn_inv_freq(dim, theta, factor, original, rp.get("beta_fast") or 32.0, rp.get("beta_slow") or 1.0,
+                               rp.get("truncate", True))
+        scale = rp.get("attention_factor") or yarn_attention_factor(factor, rp.get("mscale"), rp.get("mscale_all_dim"))
+        return inv, scale
+    if kind == "longrope":
+        factor = factor or max_position_embeddings / original
+        inv, scale = longrope_inv_freq(dim, theta, rp["short_factor"], rp["long_factor"], factor, original, seq_len)
+        return inv, rp.get("attention_factor") or scale
+    raise ValueError(f"rope_type {kind!r} has no reference formula in longctx.rope")
 
 
 def abf_base_for_target(base: float, native: int, target: int) -> float:

@@ -32,9 +32,13 @@ Use with transformers
 ---------------------
 ::
 
-    register_selfextend()
+    from longctx.attention import register_attention_functions
+
+    register_attention_functions()
     model.config.longctx_extension = {"group_size": 8, "window": 1024}   # optional "scale_base"
     model.set_attn_implementation("longctx_selfextend")   # or model.config._attn_implementation = ...
+
+(``longctx.modeling.extend_model`` does all of this from an extension.)
 
 Queries and keys reach the attention function already rotated at their true positions (keys possibly from a
 KV cache). Rotation is linear and additive in the angle, ``R(p_new) x = R(p_new - p_old) R(p_old) x``, so the
@@ -49,6 +53,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from longctx import rope
+
 ATTN_IMPLEMENTATION = "longctx_selfextend"
 DEFAULT_QUERY_BLOCK = 1024
 FLEX_MIN_QUERIES = 128  # one flex_attention block
@@ -57,7 +63,6 @@ __all__ = [
     "ATTN_IMPLEMENTATION",
     "check_selfextend_target",
     "merge_attention_partials",
-    "register_selfextend",
     "selfextend_attention",
     "selfextend_usable_length",
 ]
@@ -141,22 +146,19 @@ def _positions(position_ids, batch: int, q_len: int, kv_len: int, device) -> tup
     return q_pos, k_pos
 
 
-def _rope_inv_freq(module, head_dim: int, device) -> torch.Tensor:
-    theta = module.config.rope_parameters["rope_theta"]
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-
-
 def _rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` (b, h, n, d) by the RoPE angle of ``delta`` (b, n) positions, in float32.
 
-    Same convention as transformers' ``apply_rotary_pos_emb``: cos/sin of ``cat(freqs, freqs)`` with rotate_half.
+    Same convention as transformers' ``apply_rotary_pos_emb``: cos/sin of ``cat(freqs, freqs)`` with rotate_half,
+    applied to the first ``2 * len(inv_freq)`` channels; the rest pass through (partial rotary, e.g. Phi-3).
     """
     freqs = delta.to(torch.float32)[:, None, :, None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     x = x.to(torch.float32)
-    half = x.shape[-1] // 2
-    rotated_half = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * emb.cos() + rotated_half * emb.sin()
+    rot, rest = x[..., : emb.shape[-1]], x[..., emb.shape[-1]:]
+    half = rot.shape[-1] // 2
+    rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    return torch.cat((rot * emb.cos() + rotated_half * emb.sin(), rest), dim=-1)
 
 
 def _log_scale(q_pos: torch.Tensor, scale_base: float) -> torch.Tensor:
@@ -197,13 +199,30 @@ def merge_attention_partials(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _partial_attention(q, k, v, bias, scaling, dropout, training):
+def _safe_logsumexp(scores: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last dim that is -inf for a row with no visible key AND has a finite gradient there.
+
+    ``torch.logsumexp`` of an all -inf row is -inf, but its backward is exp(-inf - (-inf)) = NaN, which
+    poisons every parameter once a query block has no grouped (or no neighbour) keys, i.e. whenever the
+    sequence is longer than the window in training. Empty rows are computed from a zero row and then
+    replaced by -inf through ``torch.where``, whose backward sends them a zero gradient.
+    """
+    empty = torch.isneginf(scores).all(dim=-1, keepdim=True)
+    lse = torch.logsumexp(torch.where(empty, torch.zeros_like(scores), scores), dim=-1)
+    return torch.where(empty[..., 0], float("-inf"), lse)
+
+
+def _partial_attention(q, k, v, bias, scaling, dropout, training, softcap=None):
     """Softmax attention of q (b, hk, g, n, d) over k, v (b, hk, kv, d) with additive bias (b, 1, 1, n, kv).
 
     Returns (out (b, hk, g, n, d), lse (b, hk, g, n)) in float32; rows with no visible key give out 0, lse -inf.
+    ``softcap`` (Gemma-2's ``attn_logit_softcapping``) caps the logits as ``softcap * tanh(s / softcap)``.
     """
-    scores = torch.matmul(q, k[:, :, None].transpose(-1, -2)) * scaling + bias
-    lse = torch.logsumexp(scores, dim=-1)
+    scores = torch.matmul(q, k[:, :, None].transpose(-1, -2)) * scaling
+    if softcap:  # Gemma-2 logit soft-capping, before the mask: cap * tanh(s / cap)
+        scores = softcap * torch.tanh(scores / softcap)
+    scores = scores + bias
+    lse = _safe_logsumexp(scores)
     probs = torch.exp(scores - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))[..., None])
     # Dropout on the partial probabilities equals dropout on the final ones: the merge only rescales each row.
     probs = F.dropout(probs, p=dropout, training=training)
@@ -219,7 +238,8 @@ def _key_span(selected: torch.Tensor) -> tuple[int, int] | None:
 
 
 def _selfextend_blockwise(
-    q_n, k_n, q_g, k_g, v, q_pos, k_pos, attention_mask, scaling, window, dropout, training, query_block
+    q_n, k_n, q_g, k_g, v, q_pos, k_pos, attention_mask, scaling, window, dropout, training, query_block,
+    softcap=None,
 ):
     """SelfExtend attention, ``query_block`` queries at a time (memory O(query_block * kv_len)).
 
@@ -260,7 +280,8 @@ def _selfextend_blockwise(
             part_bias = torch.where(sel[:, :, None, :, lo:hi], bias[..., lo:hi], neg_inf)
             parts.append(
                 _partial_attention(
-                    q[:, :, :, start:end], k[:, :, lo:hi], v[:, :, lo:hi], part_bias, scaling, dropout, training
+                    q[:, :, :, start:end], k[:, :, lo:hi], v[:, :, lo:hi], part_bias, scaling, dropout, training,
+                    softcap,
                 )
             )
         if not parts:  # every key hidden for this block: output 0 like SDPA
@@ -281,13 +302,17 @@ def _selfextend_blockwise(
 _compiled_flex = None
 
 
-def _selfextend_flex(q_n, k_n, q_g, k_g, v, q_pos, k_pos, attention_mask, scaling, window, compiled=True):
+def _selfextend_flex(q_n, k_n, q_g, k_g, v, q_pos, k_pos, attention_mask, scaling, window, compiled=True,
+                     softcap=None):
     """SelfExtend with ``flex_attention`` (fused, never materialises scores when compiled; meant for CUDA).
 
     q_* (b, hq, q_len, d), k_*/v (b, hk, kv_len, d) in the model dtype; ``attention_mask`` None or boolean
     (b, 1, q_len, kv_len). Pass 1 sees the neighbour keys (m - n < W) with ordinary rotations, pass 2 the grouped
     keys (m - n >= W) with grouped rotations; their outputs are merged with :func:`merge_attention_partials`.
     ``compiled=False`` runs flex's eager reference (materialises scores; only for tests on the CPU).
+    ``softcap`` caps the (scaled) logits as ``softcap * tanh(s / softcap)`` through a ``score_mod``, as the
+    blockwise path does. A row with no key in one pass gets lse -inf there; the merge gives it weight 0, and
+    its gradient through the lse is 0 (exp(-inf) = 0), so long sequences train with finite gradients.
     """
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -319,18 +344,23 @@ def _selfextend_flex(q_n, k_n, q_g, k_g, v, q_pos, k_pos, attention_mask, scalin
     for mask_mod, q, k in ((neighbour_mod, q_n, k_n), (grouped_mod, q_g, k_g)):
         # _compile=True builds the block mask block by block instead of materialising a q_len x kv_len mask.
         block_mask = create_block_mask(mask_mod, batch, None, q_len, kv_len, device=q.device, _compile=compiled)
-        out, lse = _flex_with_lse(attend, q, k, v, block_mask, scaling)
+        out, lse = _flex_with_lse(attend, q, k, v, block_mask, scaling, softcap)
         parts.append((out, lse))
     (o1, l1), (o2, l2) = parts
     return merge_attention_partials(o1, l1, o2, l2)
 
 
-def _flex_with_lse(attend, q, k, v, block_mask, scaling):
+def _flex_with_lse(attend, q, k, v, block_mask, scaling, softcap=None):
+    score_mod = None
+    if softcap:
+        def score_mod(score, b, h, qi, kj):
+            return softcap * torch.tanh(score / softcap)
+    kw = dict(block_mask=block_mask, score_mod=score_mod, scale=scaling, enable_gqa=True)
     try:  # torch >= 2.9: return_lse is deprecated in favour of AuxRequest
         from torch.nn.attention.flex_attention import AuxRequest
     except ImportError:
-        return attend(q, k, v, block_mask=block_mask, scale=scaling, enable_gqa=True, return_lse=True)
-    out, aux = attend(q, k, v, block_mask=block_mask, scale=scaling, enable_gqa=True, return_aux=AuxRequest(lse=True))
+        return attend(q, k, v, return_lse=True, **kw)
+    out, aux = attend(q, k, v, return_aux=AuxRequest(lse=True), **kw)
     return out, aux.lse
 
 
@@ -349,6 +379,7 @@ def selfextend_attention(
     dropout: float = 0.0,
     position_ids: torch.Tensor | None = None,
     query_block: int = DEFAULT_QUERY_BLOCK,
+    softcap: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """SelfExtend attention as a transformers ``AttentionInterface`` function.
@@ -365,6 +396,7 @@ def selfextend_attention(
         dropout: attention dropout probability (applied only when ``module.training``).
         position_ids: (b, q_len) true query positions; default ``kv_len - q_len + arange(q_len)``.
         query_block: queries per block on the general (non-CUDA) path.
+        softcap: logit soft-capping ``softcap * tanh(s / softcap)`` (Gemma-2 passes its ``attn_logit_softcapping``).
 
     Returns:
         (attn_output (b, q_len, h_q, d) in ``query.dtype``, None).
@@ -377,7 +409,9 @@ def selfextend_attention(
     device = query.device
 
     q_pos, k_pos = _positions(position_ids, batch, q_len, kv_len, device)
-    inv_freq = _rope_inv_freq(module, head_dim, device)
+    rope_parameters = module.config.rope_parameters
+    rotary_dim = rope.rotary_dim(head_dim, rope_parameters.get("partial_rotary_factor", 1.0))
+    inv_freq = rope.default_inv_freq(rotary_dim, rope_parameters["rope_theta"]).to(device=device, dtype=torch.float32)
     # Paper eq.: grouped query position m // G + W - W // G, grouped key position n // G (integer division).
     # Padding slots may carry negative inferred positions; clamp them so the floor stays meaningful (masked anyway).
     q_true, k_true = q_pos.clamp(min=0), k_pos.clamp(min=0)
@@ -397,7 +431,8 @@ def selfextend_attention(
     if query.is_cuda and q_len >= FLEX_MIN_QUERIES and dropout == 0.0 and is_bool_mask:
         dtype = query.dtype
         out = _selfextend_flex(
-            q_n.to(dtype), key, q_g.to(dtype), k_g.to(dtype), value, q_pos, k_pos, attention_mask, scaling, window
+            q_n.to(dtype), key, q_g.to(dtype), k_g.to(dtype), value, q_pos, k_pos, attention_mask, scaling, window,
+            softcap=softcap,
         )  # (b, h_q, q_len, d)
     else:
         # View query heads as (h_kv, groups) so the shared KV heads broadcast instead of being repeated.
@@ -406,20 +441,6 @@ def selfextend_attention(
 
         out = _selfextend_blockwise(
             by_kv_head(q_n), k_n, by_kv_head(q_g), k_g, value.to(torch.float32), q_pos, k_pos,
-            attention_mask, scaling, window, dropout, module.training, query_block,
+            attention_mask, scaling, window, dropout, module.training, query_block, softcap,
         ).reshape(batch, h_q, q_len, head_dim)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
-
-
-def register_selfextend() -> str:
-    """Register :func:`selfextend_attention` and its mask builder under ``"longctx_selfextend"`` (idempotent).
-
-    The mask is transformers' ``sdpa_mask`` (boolean 4D, or None for a plain causal prefill), so
-    ``create_causal_mask`` works for models using this implementation. Returns the implementation name.
-    """
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(ATTN_IMPLEMENTATION, selfextend_attention)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
-    return ATTN_IMPLEMENTATION

@@ -13,10 +13,10 @@ from longctx.selfextend import (
     _selfextend_flex,
     check_selfextend_target,
     merge_attention_partials,
-    register_selfextend,
     selfextend_attention,
     selfextend_usable_length,
 )
+from longctx.attention import register_attention_functions
 from tests.conftest import tiny_llama_config
 
 THETA = 10000.0
@@ -35,7 +35,7 @@ def rope(x, pos):
     return x * cos + torch.cat((-x2, x1), -1) * sin
 
 
-def reference(q0, k0, v, q_pos, k_pos, G, W, visible, scale_base=0.0):
+def reference(q0, k0, v, q_pos, k_pos, G, W, visible, scale_base=0.0, softcap=None):
     """Full score matrix, one softmax. q0/k0 UNROTATED; visible (b, q, kv) bool incl. causality."""
     q0, k0, v = q0.double(), k0.double(), v.double()
     h_q, h_kv, d = q0.shape[1], k0.shape[1], q0.shape[-1]
@@ -49,6 +49,8 @@ def reference(q0, k0, v, q_pos, k_pos, G, W, visible, scale_base=0.0):
     s_group = rope(q0, qp // G + W - W // G) @ rope(k0, kp // G).transpose(-1, -2)
     dist = (q_pos[:, :, None] - k_pos[:, None, :])[:, None]
     scores = torch.where(dist < W, s_neigh, s_group) / math.sqrt(d)
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
     scores = scores.masked_fill(~visible[:, None], float("-inf"))
     probs = torch.softmax(scores, -1).nan_to_num(0.0)  # fully hidden rows -> 0, like SDPA
     return (probs @ v).transpose(1, 2)  # (b, q, h, d)
@@ -188,11 +190,104 @@ def test_flex_path_matches_blockwise_on_cpu():
     torch.testing.assert_close(out.transpose(1, 2), expected, atol=1e-5, rtol=1e-5)
 
 
+# --------------------------------------------------------------------------- 2b. gradients past the window
+
+
+def _grads(fn, *leaves):
+    leaves = [x.detach().clone().requires_grad_(True) for x in leaves]
+    out = fn(*leaves)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=out.dtype)
+    (out * weight).sum().backward()
+    return [x.grad for x in leaves]
+
+
+@pytest.mark.parametrize("path", [
+    "blockwise",
+    pytest.param("flex", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="FlexAttention has no backward on the CPU")),
+])
+def test_gradients_past_the_window_are_finite_and_match_reference(path):
+    """seq_len > window: early query blocks have no grouped keys (an empty softmax part). Its gradient used
+    to be NaN (logsumexp of an all -inf row) and poisoned every parameter in fine-tuning."""
+    G, W, n, b = 3, 8, 40, 2
+    q0, k0, v = random_case(b, n, seed=11)
+    pos = torch.arange(n).expand(b, n)
+    causal = torch.ones(n, n, dtype=torch.bool).tril().expand(b, n, n)
+    module = fake_module(G, W)
+
+    def ours(q0, k0, v):
+        if path == "blockwise":  # blocks of 16 queries: the first block has no grouped keys at all
+            return run_selfextend(module, q0, k0, v, pos, pos, query_block=16)
+        cuda = [x.cuda() for x in (rope(q0.double(), pos).float(), rope(k0.double(), pos).float(),
+                                   rope(q0.double(), pos // G + W - W // G).float(), rope(k0.double(), pos // G).float(),
+                                   v)]
+        out = _selfextend_flex(*cuda, pos.cuda(), pos.cuda(), None, 16**-0.5, W)
+        return out.transpose(1, 2).cpu()
+
+    got = _grads(ours, q0, k0, v)
+    want = _grads(lambda q0, k0, v: reference(q0, k0, v, pos, pos, G, W, causal).float(), q0, k0, v)
+    for g, w, name in zip(got, want, ("query", "key", "value")):
+        assert torch.isfinite(g).all(), f"{name} gradient not finite"
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+def test_merge_gradient_is_finite_when_a_part_is_empty():
+    """The flex path's merge: a row whose grouped pass saw no key (lse -inf) gets a zero, not NaN, gradient."""
+    out1, lse1 = torch.randn(2, 3, 4, requires_grad=True), torch.randn(2, 3, requires_grad=True)
+    out2 = torch.zeros(2, 3, 4, requires_grad=True)
+    lse2 = torch.full((2, 3), float("-inf")).requires_grad_(True)
+    merged = merge_attention_partials(out1, lse1, out2, lse2)
+    merged.sum().backward()
+    assert torch.equal(merged, out1.detach())
+    for t in (out1, lse1, out2, lse2):
+        assert torch.isfinite(t.grad).all()
+    assert torch.equal(lse2.grad, torch.zeros(2, 3))
+
+
+def test_finetuning_step_past_the_window_has_finite_gradients():
+    """A tiny Llama with SelfExtend (window 8) trained on 40 tokens: every parameter gradient is finite and
+    equals the one of the same model whose attention is the eager float64 reference above."""
+    model = tiny_model(G=3, W=8).train()
+    ids = torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(12))
+    model(ids, labels=ids).loss.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+    def reference_attention(module, query, key, value, attention_mask, scaling=None, position_ids=None, **kw):
+        n = query.shape[2]
+        pos = torch.arange(n)[None]
+        # undo the true-position rotation to get the unrotated q/k the reference expects
+        q0, k0 = rope(query.double(), -pos).float(), rope(key.double(), -pos).float()
+        causal = torch.ones(n, n, dtype=torch.bool).tril()[None]
+        return reference(q0, k0, value, pos, pos, 3, 8, causal).to(query.dtype), None
+
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("test_selfextend_reference", reference_attention)
+    model.zero_grad()
+    model.set_attn_implementation("test_selfextend_reference")
+    model(ids, labels=ids).loss.backward()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(grads[k], p.grad, atol=1e-4, rtol=1e-3, msg=k)
+
+
+def test_softcap_matches_reference():
+    """Gemma-2's logit soft-capping is applied inside SelfExtend (both parts of the softmax)."""
+    G, W, n, b = 2, 6, 25, 1
+    q0, k0, v = random_case(b, n, seed=13)
+    pos = torch.arange(n).expand(b, n)
+    out = run_selfextend(fake_module(G, W), q0 * 8, k0 * 8, v, pos, pos, softcap=5.0)
+    causal = torch.ones(n, n, dtype=torch.bool).tril().expand(b, n, n)
+    ref = reference(q0 * 8, k0 * 8, v, pos, pos, G, W, causal, softcap=5.0)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(run_selfextend(fake_module(G, W), q0 * 8, k0 * 8, v, pos, pos).double(), ref, atol=1e-3)
+
+
 # --------------------------------------------------------------------------- 3-5. inside a tiny Llama
 
 
 def tiny_model(G=2, W=4, impl=ATTN_IMPLEMENTATION):
-    register_selfextend()
+    register_attention_functions()
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_llama_config()).eval()
     model.config.longctx_extension = {"group_size": G, "window": W}
@@ -201,8 +296,8 @@ def tiny_model(G=2, W=4, impl=ATTN_IMPLEMENTATION):
 
 
 def test_set_attn_implementation_and_register_idempotent():
-    register_selfextend()
-    register_selfextend()
+    register_attention_functions()
+    register_attention_functions()
     model = tiny_model()
     assert model.config._attn_implementation == ATTN_IMPLEMENTATION
     assert model.model.layers[0].self_attn.config._attn_implementation == ATTN_IMPLEMENTATION
