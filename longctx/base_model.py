@@ -101,6 +101,10 @@ def materialize_base_model(
     """
     from longctx.io import AtomicDir, atomic_write_json
 
+    if str(name_or_path).startswith("shape:"):  # config-only folder, random weights made on load (longctx.shapes)
+        from longctx.shapes import materialize_shape
+
+        return materialize_shape(name_or_path, out_dir)
     if name_or_path == EMBEDDED:
         model, tokenizer, provenance = _load_embedded(dtype)
     else:

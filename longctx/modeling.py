@@ -127,8 +127,13 @@ def load_model(path: str | Path, dtype: str = "auto", device: torch.device | Non
         raise FileNotFoundError(f"{path}: no model here (config.json missing); run the stage that makes it")
     device = torch.device(device) if device is not None else pick_device()
     torch_dtype = resolve_dtype(dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation,
-                                                 trust_remote_code=False)
+    from longctx.shapes import has_random_weights, load_random
+
+    if has_random_weights(path):  # a shape:<name> folder: config only, weights made on the device
+        model = load_random(path, device, torch_dtype, attn_implementation)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation,
+                                                     trust_remote_code=False)
     model.to(device).eval()
     ext = read_extension(path)
     if ext is not None:

