@@ -6,7 +6,7 @@ set -uo pipefail
 source benchmarks/gpu_setup.sh
 python3 benchmarks/gpu_params.py --needle
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 stages/base_model.py 2>&1 | tail -1
+python3 stages/base_model.py --out models/base 2>&1 | tail -1
 timeout 330 python3 benchmarks/methods_table.py --methods none,yarn,entropy_abf,selfextend --all-tasks \
   --out $OUT/eval_suite.json 2>&1 | grep -v "it/s\]\|s/it\]\|Loading weights"
 if [ -f benchmarks/train_throughput.py ]; then

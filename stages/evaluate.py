@@ -1,31 +1,31 @@
-"""Stage evaluate: score one model (base or extended+fine-tuned) on data/eval/samples.jsonl.
+"""Stage evaluate: score one model on the evaluation samples; `--finetuned` adds the fine-tuned weights."""
 
-Usage: python stages/evaluate.py base|extended
-"""
-
-import sys
+import argparse
 from pathlib import Path
 
 from longctx.evaluation.samples import load_samples
 from longctx.evaluation.suite import evaluate_model
 from longctx.io import atomic_write_json
-from longctx.modeling import load_model, load_tokenizer, read_extension
 from longctx.methods import warn_eval_beyond_support
+from longctx.modeling import load_model, load_tokenizer, read_extension
 from longctx.params import stage_params
 from longctx.train import load_finetuned
 
 if __name__ == "__main__":
-    which = sys.argv[1] if len(sys.argv) > 1 else ""
-    if which not in ("base", "extended"):
-        sys.exit("usage: python stages/evaluate.py base|extended")
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", type=Path, required=True, help="model folder (models/base or models/extended)")
+    ap.add_argument("--finetuned", type=Path, help="fine-tuned adapter or weights on top of --model")
+    ap.add_argument("--tokenizer", type=Path, required=True, help="model folder whose tokenizer to use")
+    ap.add_argument("--samples", type=Path, required=True, help="samples from eval_samples")
+    ap.add_argument("--out", type=Path, required=True, help="metrics file to write (JSON)")
+    args = ap.parse_args()
     p = stage_params()
-    if which == "base":
-        model = load_model("models/base", dtype=p.model.dtype)
+    if args.finetuned is None:
+        model = load_model(args.model, dtype=p.model.dtype)
     else:
-        warn_eval_beyond_support(read_extension(Path("models/extended")), max(p.eval.all_lengths()))
-        model = load_finetuned(Path("models/finetuned"), Path("models/extended"), dtype=p.model.dtype)
-    metrics = evaluate_model(model, load_samples(Path("data/eval/samples.jsonl")), p.eval,
-                             tokenizer=load_tokenizer("models/base"))
+        warn_eval_beyond_support(read_extension(args.model), max(p.eval.all_lengths()))
+        model = load_finetuned(args.finetuned, args.model, dtype=p.model.dtype)
+    metrics = evaluate_model(model, load_samples(args.samples), p.eval, tokenizer=load_tokenizer(args.tokenizer))
     metrics["info.chat_template"] = int(p.eval.use_chat_template)  # recorded: it changes every prompt
-    atomic_write_json(f"metrics/eval_{which}.json", metrics)
-    print(f"evaluate {which}: {metrics}")
+    atomic_write_json(args.out, metrics)
+    print(f"evaluate {args.out}: {metrics}")

@@ -138,19 +138,21 @@ def test_mutually_constrained_keys(edits, message):
 
 
 STAGE_CASES = [
-    ("extend.py", "method", "magic", "models/extended"),
-    ("finetune.py", "train.lr", 0, "models/finetuned"),
-    ("eval_samples.py", "eval.passkey.depths", [2.0], "data/eval"),
+    ("extend", "method", "magic", "models/extended"),
+    ("finetune", "train.lr", 0, "models/finetuned"),
+    ("eval_samples", "eval.passkey.depths", [2.0], "data/eval"),
 ]
 
 
-@pytest.mark.parametrize("script,path,value,output", STAGE_CASES)
-def test_stage_stops_with_one_line_and_writes_nothing(script, path, value, output, tmp_path):
+@pytest.mark.parametrize("stage,path,value,output", STAGE_CASES)
+def test_stage_stops_with_one_line_and_writes_nothing(stage, path, value, output, tmp_path):
+    import shlex
     import subprocess
     import sys
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(edit(path, value)))
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / script)], cwd=tmp_path, capture_output=True,
+    _, script_path, *args = shlex.split(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["cmd"])
+    proc = subprocess.run([sys.executable, str(ROOT / script_path), *args], cwd=tmp_path, capture_output=True,
                           text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

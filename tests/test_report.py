@@ -214,7 +214,7 @@ def test_report_on_commits_and_all_commits(committed_repo, tmp_path):
 
 def test_cli(exp_repo, tmp_path):
     out = tmp_path / "cli"
-    proc = subprocess.run([sys.executable, "stages/report.py", "--repo", str(exp_repo), "--out", str(out), "--workspace"],
+    proc = subprocess.run([sys.executable, "tools/report.py", "--repo", str(exp_repo), "--out", str(out), "--workspace"],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
     t = table((out / "report.md").read_text())

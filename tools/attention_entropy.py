@@ -1,6 +1,6 @@
 """Optional analysis: attention entropy by context length, base vs extended model (Entropy-ABF's observation).
 
-Usage: python stages/attention_entropy.py [--lengths 2048,4096,8192] [--last 32] [--dtype auto]
+Usage: python tools/attention_entropy.py [--lengths 2048,4096,8192] [--last 32] [--dtype auto]
 
 Reads models/base and models/extended (with their extension in force), runs the first N tokens of
 the perplexity text (tokenised with the base tokenizer) for each length N, and writes the mean

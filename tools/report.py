@@ -1,8 +1,8 @@
 """Cross-experiment report (not a pipeline stage): docs/report/report.md + *_by_method.png.
 
-    python stages/report.py                         # HEAD and the experiments derived from it
-    python stages/report.py --all-commits           # every commit and its experiments
-    python stages/report.py --rev main --rev my-branch --out docs/report
+    python tools/report.py                         # HEAD and the experiments derived from it
+    python tools/report.py --all-commits           # every commit and its experiments
+    python tools/report.py --rev main --rev my-branch --out docs/report
 """
 
 import argparse

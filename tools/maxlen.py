@@ -5,9 +5,9 @@ Not a DVC stage: a tool to size `train.seq_len` / `eval.lengths` before a run. R
 attn_implementation), runs one step per tried length on random tokens, and prints the longest length
 that fits:
 
-    python stages/maxlen.py                        # training step of models/extended
-    python stages/maxlen.py --eval                 # one evaluation forward instead
-    python stages/maxlen.py --model models/base --start 8192 --max 262144 --granularity 1024 --out maxlen.json
+    python tools/maxlen.py                        # training step of models/extended
+    python tools/maxlen.py --eval                 # one evaluation forward instead
+    python tools/maxlen.py --model models/base --start 8192 --max 262144 --granularity 1024 --out maxlen.json
 """
 
 import argparse
