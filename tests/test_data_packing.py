@@ -1,8 +1,10 @@
-"""Packing: first-fit bins, block-diagonal causal mask, cu_seqlens, restarting positions."""
+"""Packing: first-fit bins, block-diagonal causal mask, restarting positions."""
+
+from itertools import accumulate
 
 import torch
 
-from longctx.data.packing import cu_seqlens, pack_greedy, packed_attention_mask, position_ids
+from longctx.data.packing import pack_greedy, packed_attention_mask, position_ids
 
 
 def test_pack_greedy_respects_capacity_and_keeps_every_sample():
@@ -23,15 +25,13 @@ def test_mask_is_block_diagonal_causal():
         for j in range(8):
             assert bool(m[i, j]) == (seg[i] == seg[j] and j <= i)
     # no True anywhere across samples
-    bounds = cu_seqlens(seq_lens).tolist()
+    bounds = [0, *accumulate(seq_lens)]
     for a, b in zip(bounds, bounds[1:]):
         assert not m[a:b, :a].any() and not m[a:b, b:].any()
 
 
-def test_cu_seqlens_and_positions():
+def test_positions_restart_per_sample():
     seq_lens = [3, 1, 4]
-    cu = cu_seqlens(seq_lens)
-    assert cu.dtype == torch.int32 and cu.tolist() == [0, 3, 4, 8]
     assert position_ids(seq_lens) == [0, 1, 2, 0, 0, 1, 2, 3]
 
 
@@ -41,7 +41,7 @@ def test_mask_matches_sdpa_per_sample():
     seq_lens = [4, 2, 5]
     q, k, v = (torch.randn(1, 2, sum(seq_lens), 8) for _ in range(3))
     packed = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=packed_attention_mask(seq_lens))
-    bounds = cu_seqlens(seq_lens).tolist()
+    bounds = [0, *accumulate(seq_lens)]
     for a, b in zip(bounds, bounds[1:]):
         alone = torch.nn.functional.scaled_dot_product_attention(q[..., a:b, :], k[..., a:b, :], v[..., a:b, :], is_causal=True)
         torch.testing.assert_close(packed[..., a:b, :], alone)

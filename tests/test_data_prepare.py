@@ -6,6 +6,7 @@ chat template (which injects a default system prompt when there is none).
 """
 
 import json
+from itertools import accumulate
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,7 @@ from transformers import PreTrainedTokenizerFast
 from longctx.data import (
     IGNORE_INDEX,
     DataConfig,
-    cu_seqlens,
     encode_conversation,
-    load_lengths_by_source,
     normalize_messages,
     packed_attention_mask,
     plot_length_histogram,
@@ -174,7 +173,7 @@ def test_prepare_packed_curriculum(tokenizer, tmp_path):
     for row in rows:
         assert len(row["input_ids"]) == sum(row["seq_lens"]) <= 256
         assert len(row["sample_sources"]) == len(row["seq_lens"])
-        bounds = cu_seqlens(row["seq_lens"]).tolist()
+        bounds = [0, *accumulate(row["seq_lens"])]
         for a, b in zip(bounds, bounds[1:]):
             assert row["position_ids"][a:b] == list(range(b - a))  # restarts per sample
             assert row["labels"][a] == IGNORE_INDEX
@@ -224,7 +223,10 @@ def test_mixture_weights(tokenizer, tmp_path):
     card = out["summary"]
     assert card["sources"]["embedded_chitchat"]["requested"] == 1
     assert card["sources"]["sharegpt"]["requested"] == 3
-    lengths = load_lengths_by_source(tmp_path / "train.jsonl")
+    lengths = {}  # per-source sample lengths read back from train.jsonl
+    for row in read_rows(tmp_path / "train.jsonl"):
+        for src, n in zip(row["sample_sources"], row["seq_lens"]):
+            lengths.setdefault(src, []).append(n)
     assert {k: len(v) for k, v in lengths.items()} == {"embedded_chitchat": 1, "sharegpt": 3}
     assert {k: sorted(v) for k, v in lengths.items()} == {k: sorted(v) for k, v in out["lengths_by_source"].items()}
     plot_length_histogram(lengths, tmp_path / "plots" / "lengths.png")

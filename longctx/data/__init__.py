@@ -5,15 +5,15 @@ Modules:
     formats   ShareGPT / LongAlpaca readers (local .json/.jsonl or Hugging Face hub).
     embedded  offline long recall conversations built from the ``chitchat-dataset`` package.
     chat      chat template + assistant-only labels, length policy.
-    packing   greedy packing, position ids, block-diagonal mask, cu_seqlens.
+    packing   greedy packing, position ids, block-diagonal mask.
     card      data-card statistics and the length histogram.
     prepare   ``prepare_sft_data``, the one entry point the stage calls.
 """
 
-from longctx.data.card import length_stats, load_lengths_by_source, plot_length_histogram
+from longctx.data.card import length_stats, plot_length_histogram
 from longctx.data.chat import IGNORE_INDEX, encode_conversation, normalize_messages
 from longctx.data.config import DataConfig, SourceConfig
-from longctx.data.packing import cu_seqlens, pack_greedy, packed_attention_mask, position_ids
+from longctx.data.packing import pack_greedy, packed_attention_mask, position_ids
 from longctx.data.prepare import TRAIN_FILE, prepare_sft_data
 
 __all__ = [
@@ -21,10 +21,8 @@ __all__ = [
     "TRAIN_FILE",
     "DataConfig",
     "SourceConfig",
-    "cu_seqlens",
     "encode_conversation",
     "length_stats",
-    "load_lengths_by_source",
     "normalize_messages",
     "pack_greedy",
     "packed_attention_mask",

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 
 def percentile(sorted_values: list[int], p: float) -> int:
@@ -32,16 +30,6 @@ def loss_token_share(label_tokens: int, total_tokens: int) -> float:
     """Fraction of tokens that carry loss (the rest are masked to -100), 4 decimals."""
     return round(label_tokens / total_tokens, 4) if total_tokens else 0.0
 
-
-def load_lengths_by_source(train_jsonl: Path) -> dict[str, list[int]]:
-    """Per-source sample lengths read back from a ``train.jsonl`` (for the histogram)."""
-    out: dict[str, list[int]] = {}
-    with open(train_jsonl, encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            for src, n in zip(row["sample_sources"], row["seq_lens"]):
-                out.setdefault(src, []).append(n)
-    return out
 
 
 def plot_length_histogram(lengths_by_source: dict[str, list[int]], path_png) -> None:

@@ -5,9 +5,8 @@ were alone, attention must not cross sample boundaries and positions must restar
 
 * ``position_ids`` restart at 0 at every sample start (RoPE sees each sample from 0);
 * ``packed_attention_mask(seq_lens)`` is the (L, L) block-diagonal causal mask for SDPA/eager;
-* ``cu_seqlens(seq_lens)`` are the cumulative boundaries for varlen flash attention
-  (``flash_attn_varlen_func``); transformers' flash-attention path can also derive them
-  from restarting ``position_ids`` (as with ``DataCollatorWithFlattening``).
+* transformers' flash-attention path derives varlen boundaries from the restarting
+  ``position_ids`` (as with ``DataCollatorWithFlattening``).
 
 The first label of every sample is -100: with the usual shift-by-one loss it would
 otherwise be predicted from the previous sample's last token.
@@ -48,14 +47,6 @@ def pack_greedy(lengths: list[int], capacity: int, min_length: int = 1) -> list[
 def position_ids(seq_lens: list[int]) -> list[int]:
     """0..n-1 for each packed sample, concatenated."""
     return [p for n in seq_lens for p in range(n)]
-
-
-def cu_seqlens(seq_lens: list[int]) -> torch.Tensor:
-    """int32 ``[0, l1, l1+l2, ...]`` as expected by ``flash_attn_varlen_func``."""
-    out = [0]
-    for n in seq_lens:
-        out.append(out[-1] + n)
-    return torch.tensor(out, dtype=torch.int32)
 
 
 def packed_attention_mask(seq_lens: list[int]) -> torch.Tensor:
