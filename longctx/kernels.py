@@ -26,8 +26,8 @@ import functools
 
 import torch
 
-SDPA_BACKENDS = ("auto", "flash", "fa4", "cudnn", "efficient", "math")
-CHECKPOINTING = ("none", "full", "selective")
+from longctx.params import CHECKPOINTING, SDPA_BACKENDS  # the allowed values live with the params
+
 FA4_IMPL = "FA4_longctx"
 
 

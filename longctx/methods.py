@@ -16,12 +16,14 @@ Where each method's math lives:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from longctx import params as params_module
 from longctx import rope
 
 
@@ -31,11 +33,14 @@ class MethodInfo:
     family: str  # "none" | "rope" | "attention" | "position_ids"
     paper: str
     training_free: bool  # works without fine-tuning
-    defaults: dict = field(default_factory=dict)  # parameter -> default; the type of the default is the type
-    allowed: dict = field(default_factory=dict)  # parameter -> tuple of allowed values, for choices
+
+    @property
+    def defaults(self) -> dict:
+        """Parameter -> default, from the method's dataclass in ``longctx.params``."""
+        return dataclasses.asdict(params_module.METHOD_PARAMS[self.name]())
 
 
-FREQUENCY_FOR_POSITION_IDS = ("pi", "ntk", "yarn")
+FREQUENCY_FOR_POSITION_IDS = params_module.FREQUENCY_FOR_POSITION_IDS
 
 METHODS: dict[str, MethodInfo] = {
     m.name: m
@@ -44,39 +49,16 @@ METHODS: dict[str, MethodInfo] = {
         MethodInfo("pi", "rope", "Position Interpolation, arXiv 2306.15595", False),
         MethodInfo("ntk", "rope", "NTK-aware scaling, bloc97 2023 / arXiv 2309.00071 Eq. 16", True),
         MethodInfo("dynamic_ntk", "rope", "Dynamic NTK, emozilla 2023 / arXiv 2309.00071 Sec. 3.3", True),
-        MethodInfo(
-            "yarn", "rope", "YaRN, arXiv 2309.00071", True, {"beta_fast": 32.0, "beta_slow": 1.0}
-        ),
-        MethodInfo(
-            "llama3", "rope", "Llama 3.1 RoPE scaling, arXiv 2407.21783", True,
-            {"low_freq_factor": 1.0, "high_freq_factor": 4.0},
-        ),
+        MethodInfo("yarn", "rope", "YaRN, arXiv 2309.00071", True),
+        MethodInfo("llama3", "rope", "Llama 3.1 RoPE scaling, arXiv 2407.21783", True),
         # rope_theta 0 means: choose it from the target length (rope.abf_base_for_target).
-        MethodInfo("abf", "rope", "Adjusted Base Frequency, arXiv 2309.16039", True, {"rope_theta": 0.0}),
-        MethodInfo(
-            "entropy_abf", "attention", "Entropy-ABF, arXiv 2401.07004", False,
-            {"rope_theta": 0.0, "skip_layers": 2},
-        ),
+        MethodInfo("abf", "rope", "Adjusted Base Frequency, arXiv 2309.16039", True),
+        MethodInfo("entropy_abf", "attention", "Entropy-ABF, arXiv 2401.07004", False),
         # group_size 0 means: the smallest group that makes the usable length cover the target.
-        MethodInfo(
-            "selfextend", "attention", "SelfExtend, arXiv 2401.01325", True,
-            {"group_size": 0, "window": 1024, "scale_base": 0},
-        ),
-        MethodInfo(
-            "cream", "position_ids", "CREAM, arXiv 2406.07138", False,
-            {"frequency": "pi", "sigma": 3.0, "p_continuity": 0.5},
-            {"frequency": FREQUENCY_FOR_POSITION_IDS},
-        ),
-        MethodInfo(
-            "pose", "position_ids", "PoSE, arXiv 2309.10400", False,
-            {"frequency": "pi", "num_chunks": 2},
-            {"frequency": FREQUENCY_FOR_POSITION_IDS},
-        ),
-        MethodInfo(
-            "randpos", "position_ids", "RandPos (Ruoss et al. 2023, arXiv 2305.16843)", False,
-            {"frequency": "pi"},
-            {"frequency": FREQUENCY_FOR_POSITION_IDS},
-        ),
+        MethodInfo("selfextend", "attention", "SelfExtend, arXiv 2401.01325", True),
+        MethodInfo("cream", "position_ids", "CREAM, arXiv 2406.07138", False),
+        MethodInfo("pose", "position_ids", "PoSE, arXiv 2309.10400", False),
+        MethodInfo("randpos", "position_ids", "RandPos (Ruoss et al. 2023, arXiv 2305.16843)", False),
     ]
 }
 
@@ -88,45 +70,12 @@ def method_info(name: str) -> MethodInfo:
 
 
 def validate_method_params(name: str, params: dict | None) -> dict:
-    """Fill defaults, convert types and check ranges; errors name the key ``methods.<name>.<key>``."""
-    info = method_info(name)
-    params = dict(params or {})
-    unknown = set(params) - set(info.defaults)
-    if unknown:
-        raise ValueError(
-            f"methods.{name}: unknown parameter(s) {sorted(unknown)}; allowed: {sorted(info.defaults) or 'none'}"
-        )
-    out = {}
-    for key, default in info.defaults.items():
-        value = params.get(key, default)
-        where = f"methods.{name}.{key}"
-        try:
-            value = type(default)(value) if not isinstance(default, str) else str(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected {type(default).__name__}, got {value!r}") from None
-        if key in info.allowed and value not in info.allowed[key]:
-            raise ValueError(f"{where}: {value!r} is not allowed; allowed: {', '.join(info.allowed[key])}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            raise ValueError(f"{where}: must be >= 0, got {value}")
-        out[key] = value
-    if name == "yarn" and not out["beta_fast"] > out["beta_slow"] > 0:
-        raise ValueError(f"methods.yarn: need beta_fast > beta_slow > 0, got {out['beta_fast']}, {out['beta_slow']}")
-    if name == "llama3" and not out["high_freq_factor"] > out["low_freq_factor"] > 0:
-        raise ValueError("methods.llama3: need high_freq_factor > low_freq_factor > 0")
-    if name == "selfextend":
-        if out["window"] < 1:
-            raise ValueError(f"methods.selfextend.window: must be >= 1, got {out['window']}")
-        if out["group_size"] and out["window"] < out["group_size"]:
-            raise ValueError(
-                f"methods.selfextend.window: must be >= group_size ({out['group_size']}), got {out['window']}"
-            )
-    if name == "cream" and not 0 <= out["p_continuity"] <= 1:
-        raise ValueError(f"methods.cream.p_continuity: must be in [0, 1], got {out['p_continuity']}")
-    if name == "cream" and out["sigma"] <= 0:
-        raise ValueError(f"methods.cream.sigma: must be > 0, got {out['sigma']}")
-    if name == "pose" and out["num_chunks"] < 2:
-        raise ValueError(f"methods.pose.num_chunks: must be >= 2, got {out['num_chunks']}")
-    return out
+    """Fill defaults, convert types and check ranges; errors name the key ``methods.<name>.<key>``.
+
+    The parameters, their defaults and bounds are dataclasses in ``longctx.params`` (one place).
+    """
+    method_info(name)
+    return params_module.validate_method_params(name, params)
 
 
 @dataclass

@@ -76,7 +76,7 @@ def test_document_errors_name_the_problem(tokenizer, tmp_path):  # noqa: F811
         DataConfig.from_dict({"sources": [{"type": "documents"}]})
     with pytest.raises(ValueError, match=r"data.sources\[0\].loss_on: documents sources have no assistant"):
         DataConfig.from_dict({"sources": [{"type": "documents", "path_or_id": "x.txt", "loss_on": "assistant"}]})
-    with pytest.raises(ValueError, match=r"data.sources\[0\].loss_on must be one of assistant, all; got 'some'"):
+    with pytest.raises(ValueError, match=r"data.sources\[0\].loss_on: 'some' is not allowed; allowed: assistant, all"):
         DataConfig.from_dict({"sources": [{"type": "sharegpt", "path_or_id": "x.json", "loss_on": "some"}]})
 
 

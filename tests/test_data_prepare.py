@@ -246,6 +246,6 @@ def test_malformed_source_error_names_file_and_line(tokenizer, tmp_path):
 
 
 def test_bad_config_key(tokenizer, tmp_path):
-    with pytest.raises(ValueError, match=r"data\.num_samples must be > 0, got 0"):
+    with pytest.raises(ValueError, match=r"data\.num_samples: must be in \[1, 1000000000\], got 0"):
         prepare_sft_data({"num_samples": 0}, tokenizer, tmp_path)
     assert DataConfig.from_dict({}).num_samples > 0

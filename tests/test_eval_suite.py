@@ -19,7 +19,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "longbench"
 def eval_params(**over):
     raw = {
         "lengths": [600], "seed": 5, "use_chat_template": False, "greedy_check": 2,
-        "passkey": {"depths": [0.2, 0.8], "samples": 1},
+        "passkey": {"depths": [0.2, 0.8], "samples": 1, "lengths": None},  # the default is params.yaml's CPU list
         "perplexity": {"buckets": 2},
         "needle": {"enabled": True, "depths": [0.5], "samples": 1},
         "ruler": {"enabled": True, "samples": 1},
