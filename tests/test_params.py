@@ -158,3 +158,31 @@ def test_stage_stops_with_one_line_and_writes_nothing(stage, path, value, output
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and path in lines[0], proc.stderr
     assert not (tmp_path / output).exists()
+
+
+def test_name_tables_match_their_implementations():
+    """params.py imports no implementation module, so it keeps plain-name tables; they must stay in step."""
+    from longctx import kernels, shapes
+    from longctx.evaluation.longbench import DATASET2METRIC
+    from longctx.methods import METHODS
+    from longctx.params import LONGBENCH_TASKS, METHOD_PARAMS, SHAPE_NAMES
+
+    assert set(LONGBENCH_TASKS) == set(DATASET2METRIC)
+    assert set(SHAPE_NAMES) == set(shapes.SHAPES)
+    assert list(METHOD_PARAMS) == list(METHODS)
+    assert kernels.CHECKPOINTING and kernels.SDPA_BACKENDS
+
+
+def test_params_module_is_the_bottom_of_the_import_graph():
+    import subprocess
+    import sys
+
+    code = "import sys, longctx.params; print(sorted(m for m in sys.modules if m.startswith(('torch', 'transformers', 'longctx.'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}).stdout.strip()
+    assert out == "['longctx.params']"
+
+
+def test_defaults_are_the_shipped_params():
+    """One set of defaults: the dataclasses; params.yaml shows them (parse of an empty file == shipped file)."""
+    assert parse_params({}) == parse_params(copy.deepcopy(SHIPPED))
