@@ -1,27 +1,74 @@
 """Aggregate per-model metrics into one summary for ``dvc metrics diff``, plus plots.
 
-Summary keys read as ``<task>.<length>[.<detail>].<model>``, e.g. ``passkey.16384.extended``,
-``ppl.16384.base``; training metrics come in as ``train.<key>``.
+Summary keys are the eval keys with the model appended (``MetricKey.of(model)``), e.g.
+``passkey.16384.extended``, ``passkey.16384.lo.extended``, ``ppl.16384.base``; training metrics
+come in as ``train.<key>``. Per retrieval task the summary adds RULER's effective length
+(``stats.effective_length``) of each model::
+
+    passkey.in_window.base          the base model's mean score at lengths <= its native window
+    passkey.threshold               0.9 x that score
+    passkey.effective_length.base   longest length whose score (and every shorter one's) >= threshold
+    passkey.effective_length.extended
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from longctx.evaluation.metric_key import MODELS, MetricKey
+from longctx.evaluation.stats import effective_length, in_window_score
 from longctx.io import atomic_savefig, atomic_write_json, read_json
 
-MODELS = ("base", "extended")
+EFFECTIVE_FRACTION = 0.9  # of the base model's in-window score (RULER's threshold, made relative)
+NATIVE_WINDOW_KEY = "info.native_window"  # written by stages/evaluate.py
 
 
 def summarize(per_model: dict[str, dict], train: dict | None = None) -> dict:
     summary: dict = {}
     for model, metrics in per_model.items():
         for key, value in metrics.items():
-            summary[f"{key}.{model}"] = value
+            summary[MetricKey.parse(key).of(model).format()] = value
     for key, value in (train or {}).items():
         summary[f"train.{key}"] = value
+    summary.update(effective_lengths(per_model))
     return dict(sorted(summary.items()))
+
+
+def cell_scores(metrics: dict, task: str) -> dict[int, float]:
+    """{length: score} of one task's main cells (no depth, detail or statistic)."""
+    out = {}
+    for key, value in metrics.items():
+        k = MetricKey.try_parse(key)
+        if k is not None and k.task == task and k.is_cell:
+            out[k.length] = value
+    return out
+
+
+def accuracy_tasks(metrics: dict) -> list[str]:
+    """Tasks scored by accuracy: those whose cells carry a Wilson interval (``.n``)."""
+    keys = (MetricKey.try_parse(k) for k in metrics)
+    return sorted({k.task for k in keys if k is not None and k.stat == "n" and k.depth is None})
+
+
+def effective_lengths(per_model: dict[str, dict], fraction: float = EFFECTIVE_FRACTION) -> dict:
+    """Threshold and effective length per accuracy task (module docstring); {} without a native window."""
+    base = per_model.get("base") or {}
+    window = base.get(NATIVE_WINDOW_KEY)
+    if not window:
+        return {}
+    out = {}
+    for task in accuracy_tasks(base):
+        reference = in_window_score(cell_scores(base, task), int(window))
+        if reference is None:  # no length inside the window was evaluated
+            continue
+        threshold = round(fraction * reference, 4)
+        out[MetricKey(task, detail="in_window", model="base").format()] = round(reference, 4)
+        out[MetricKey(task, detail="threshold").format()] = threshold
+        for model, metrics in per_model.items():
+            scores = cell_scores(metrics, task)
+            if scores:
+                out[MetricKey(task, detail="effective_length", model=model).format()] = effective_length(scores, threshold)
+    return out
 
 
 def by_length(per_model: dict[str, dict]) -> list[dict]:
@@ -29,9 +76,9 @@ def by_length(per_model: dict[str, dict]) -> list[dict]:
     rows: dict[int, dict] = {}
     for model, metrics in per_model.items():
         for key, value in metrics.items():
-            m = re.fullmatch(r"(\w+)\.(\d+)", key)
-            if m:
-                rows.setdefault(int(m.group(2)), {"length": int(m.group(2))})[f"{m.group(1)}_{model}"] = value
+            k = MetricKey.try_parse(key)
+            if k is not None and k.is_cell:
+                rows.setdefault(k.length, {"length": k.length})[f"{k.task}_{model}"] = value
     return [rows[k] for k in sorted(rows)]
 
 
@@ -77,9 +124,9 @@ def depth_results(metrics: dict, task: str) -> dict[tuple[int, float], float]:
     """{(length, depth): accuracy} from keys ``<task>.<length>.d<depth>``."""
     out = {}
     for key, value in metrics.items():
-        m = re.fullmatch(rf"{re.escape(task)}\.(\d+)\.d([\d.]+)", key)
-        if m:
-            out[(int(m.group(1)), float(m.group(2)))] = value
+        k = MetricKey.try_parse(key)
+        if k is not None and k.task == task and k.depth is not None and k.detail is None and k.stat is None:
+            out[(k.length, k.depth)] = value
     return out
 
 
@@ -89,6 +136,7 @@ def plot_heatmaps(per_model: dict[str, dict], out_dir: Path) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for model, metrics in per_model.items():
-        tasks = {k.split(".")[0] for k in metrics if re.fullmatch(r"\w+\.\d+\.d[\d.]+", k)}
+        keys = (MetricKey.try_parse(k) for k in metrics)
+        tasks = {k.task for k in keys if k is not None and k.depth is not None}
         for task in sorted(tasks):
             needle_heatmap(depth_results(metrics, task), out_dir / f"{task}_{model}.png", title=f"{task} ({model})")

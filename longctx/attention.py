@@ -35,13 +35,19 @@ def entropy_abf_attention(module, query, key, value, attention_mask, scaling=Non
     public code never actually skips them, because every layer calls one patched function).
     Scaling the query scales the logits of that row by the same factor.
     """
+    query = entropy_abf_query(module, query, key, position_ids)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  **kwargs)
+
+
+def entropy_abf_query(module, query: torch.Tensor, key: torch.Tensor, position_ids) -> torch.Tensor:
+    """The query Entropy-ABF attends with: scaled by ``rope.entropy_attention_factor`` past ``skip_layers``."""
     ext = module.config.longctx_extension
     if module.layer_idx >= ext["skip_layers"]:
         pos = _query_positions(query, key, position_ids)
         factor = entropy_attention_factor(pos, ext["native_window"]).to(query.dtype)  # (b, q)
         query = query * factor[:, None, :, None]
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                  **kwargs)
+    return query
 
 
 def register_attention_functions() -> None:

@@ -51,16 +51,9 @@ def default_positions(seq_len: int, num: int = 24) -> list[int]:
 
 def _method_query(module, implementation: str, query: torch.Tensor, key: torch.Tensor, position_ids) -> torch.Tensor:
     """The query the model's attention function really uses: our Entropy-ABF scales it first."""
-    from longctx.attention import ENTROPY_ABF, _query_positions
-    from longctx.rope import entropy_attention_factor
+    from longctx.attention import ENTROPY_ABF, entropy_abf_query
 
-    if implementation == ENTROPY_ABF:
-        ext = module.config.longctx_extension
-        if module.layer_idx >= ext["skip_layers"]:
-            pos = _query_positions(query, key, position_ids)
-            factor = entropy_attention_factor(pos, ext["native_window"]).to(query.dtype)  # (b, q)
-            query = query * factor[:, None, :, None]
-    return query
+    return entropy_abf_query(module, query, key, position_ids) if implementation == ENTROPY_ABF else query
 
 
 def query_entropy(query: torch.Tensor, key: torch.Tensor, positions: torch.Tensor, scaling: float,

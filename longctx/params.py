@@ -578,6 +578,17 @@ class TaskParams:
 class PasskeyParams(TaskParams):
     enabled: bool = True
     lengths: list[int] | None = bounded([4096, 8192], ge=MIN_EVAL_LENGTH, le=MAX_LENGTH)
+    # difficulty: other "<name> key is N" sentences (never the pass key) around it; 0 = the original task
+    # (at most evaluation/passkey.py's 16 DISTRACTOR_NAMES)
+    distractors: int = bounded(0, ge=0, le=16)
+
+
+@dataclass
+class NeedleParams(TaskParams):
+    depths: list[float] = bounded([0.1, 0.5, 0.9], ge=0, le=1)
+    # difficulty: needles hidden (other dishes, other ingredients), one asked; 1 = the single needle
+    # (at most evaluation/needle.py's 30 dishes)
+    needles: int = bounded(1, ge=1, le=30)
 
 
 RULER_TASKS = ("multikey", "multivalue", "variable_tracking", "common_words")
@@ -617,7 +628,7 @@ class EvalParams:
     batch_size: int = bounded(1, ge=1, le=1_000_000)
     passkey: PasskeyParams = field(default_factory=PasskeyParams)
     perplexity: PerplexityParams = field(default_factory=PerplexityParams)
-    needle: TaskParams = field(default_factory=lambda: TaskParams(depths=[0.1, 0.5, 0.9]))
+    needle: NeedleParams = field(default_factory=NeedleParams)
     ruler: RulerParams = field(default_factory=RulerParams)
     dialog_recall: TaskParams = field(default_factory=lambda: TaskParams(depths=[0.1]))
     longbench: LongBenchParams = field(default_factory=LongBenchParams)

@@ -1,4 +1,4 @@
-"""Cross-experiment report: one Markdown table and two plots comparing methods.
+"""Cross-experiment report: per-task tables with 95% intervals, effective length, data efficiency, plots.
 
 Everything is read through one command, ``dvc exp show --json``: it covers experiments (derived
 from HEAD by default), explicit commits/branches/tags (``--rev REV``, repeatable), every branch tip
@@ -11,30 +11,56 @@ row without checking anything out. The DVC 3.x JSON is a list of baseline revisi
       "error": null|{...},
       "experiments": null|[{"name": "<exp>", "revs": [{"rev", "name", "data", ...}]}]}]
 
+A set of experiment folders (``params.yaml`` + ``metrics/summary.json`` each) can stand in for it
+(:func:`summaries_as_show`). Summary keys are read with ``MetricKey.parse``, so every task the
+evaluation wrote is reported: one table per task (accuracy cells with their Wilson interval
+``.lo``/``.hi``, the effective length from ``aggregate.py``), accuracy by needle depth, perplexity by
+position, and the data-efficiency view: effective length and perplexity at 2 × target against the
+fine-tuning budget read from each row's params (``train.steps × train.batch_size × train.grad_accum``).
+
 Layers, each small: :func:`dvc_exp_show` (subprocess), :func:`collect_rows` (pure, parsed JSON to
-rows), :func:`render_markdown` (pure), :func:`plot_by_method` (matplotlib), :func:`write_report`
-(glue; files written atomically). Only the main summary keys ``<task>.<length>.<model>`` are
-tabulated; depth (``.d0.5``) and position-bucket (``.bucket3``) detail keys are ignored.
+rows), :func:`render_markdown` (pure), ``plot_*`` (matplotlib), :func:`write_report` (glue; files
+written atomically).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import subprocess
 import sys
 from pathlib import Path
 
+from longctx.evaluation.metric_key import MetricKey
+from longctx.evaluation.stats import wilson_interval
 from longctx.io import atomic_savefig, atomic_write_text
 
 METRICS_FILE = "metrics/summary.json"
 PARAMS_FILE = "params.yaml"
 PARAM_COLUMNS = ("method", "target_length", "train.steps", "train.mode")
-TASKS = {"passkey": max, "ppl": min}  # task -> which value is best
+LOWER_IS_BETTER = ("ppl",)  # every other task is an accuracy (higher is better)
 TASK_LABELS = {"passkey": "passkey accuracy", "ppl": "perplexity"}
-MAIN_KEY = re.compile(r"(passkey|ppl)\.(\d+)\.(base|extended)")
-PLOT_FILES = {task: f"{task}_by_method.png" for task in TASKS}
+EFFICIENCY_PLOT = "data_efficiency.png"
+POSITION_PLOT = "ppl_by_position.png"
+
+
+def task_label(task: str) -> str:
+    return TASK_LABELS.get(task, f"{task} accuracy")
+
+
+def plot_file(task: str) -> str:
+    return f"{task.replace('.', '_')}_by_method.png"
+
+
+def training_budget(params: dict) -> int | None:
+    """Fine-tuning sequences seen: train.steps x train.batch_size x train.grad_accum (missing -> 1).
+
+    None when the row's params have no ``train.steps`` (e.g. a pre-pipeline commit).
+    """
+    steps = _lookup(params, "train.steps")
+    if steps is None:
+        return None
+    return int(steps) * int(_lookup(params, "train.batch_size") or 1) * int(_lookup(params, "train.grad_accum") or 1)
 
 
 # --------------------------------------------------------------------------- reading (subprocess)
@@ -75,13 +101,15 @@ def _file_data(data: dict, section: str, path: str) -> dict | None:
     return entry.get("data")
 
 
-def main_metrics(summary: dict) -> dict[tuple[str, int, str], float]:
-    """{(task, length, model): value} from flat summary keys; detail keys are dropped."""
+def main_metrics(summary: dict) -> dict[MetricKey, float]:
+    """{MetricKey: value} for every numeric summary key of a model (``.base`` / ``.extended``) or with a
+    detail (``passkey.threshold``); training keys (``train.*``) stay out."""
     out = {}
     for key, value in summary.items():
-        m = MAIN_KEY.fullmatch(key)
-        if m and isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[(m.group(1), int(m.group(2)), m.group(3))] = float(value)
+        k = MetricKey.try_parse(key)
+        if (k is not None and (k.model is not None or k.detail is not None)
+                and isinstance(value, (int, float)) and not isinstance(value, bool)):
+            out[k] = float(value)
     return out
 
 
@@ -94,14 +122,17 @@ def _row(entry: dict, kind: str, baseline: str | None, state: str | None, metric
         name = "workspace"
     else:
         name = entry.get("name") or rev[:7]
+    metrics = main_metrics(summary or {})
     return {
         "name": name,
-        "rev": "" if kind == "workspace" else rev[:7],
+        "rev": "" if kind == "workspace" or entry.get("folder") else rev[:7],
         "kind": kind,
         "baseline": baseline,
         "state": state,  # experiments only: DVC executor state (queued, running, failed, ...) or None
         "params": {k: _lookup(params, k) for k in param_keys},
-        "metrics": main_metrics(summary or {}),
+        "budget": training_budget(params),
+        "target_length": _lookup(params, "target_length"),
+        "metrics": metrics,
         "error": bool(entry.get("error")) or summary is None,
     }
 
@@ -154,20 +185,31 @@ def collect_rows(
     return [r for r in rows if keep(r)]
 
 
+def get(row: dict, task: str, length: int | None = None, model: str = "extended", **kw) -> float | None:
+    """One metric of a row, e.g. ``get(row, "passkey", 16384, stat="lo")``; None when absent."""
+    return row["metrics"].get(MetricKey(task, length, model=model, **kw))
+
+
+def tasks_of(rows: list[dict]) -> list[str]:
+    """Every task with per-length cells: passkey first, other accuracy tasks by name, perplexity last."""
+    tasks = {k.task for r in rows for k in r["metrics"] if k.is_cell}
+    return sorted(tasks, key=lambda t: (t in LOWER_IS_BETTER, t != "passkey", t))
+
+
 def columns(rows: list[dict], model: str = "extended") -> list[tuple[str, int]]:
-    """(task, length) columns present in any row, tasks in TASKS order, lengths ascending."""
-    present = {(t, n) for r in rows for (t, n, m) in r["metrics"] if m == model}
-    return [(t, n) for t in TASKS for n in sorted({n for (tt, n) in present if tt == t})]
+    """(task, length) columns present in any row, tasks in ``tasks_of`` order, lengths ascending."""
+    present = {(k.task, k.length) for r in rows for k in r["metrics"] if k.is_cell and k.model == model}
+    return [(t, n) for t in tasks_of(rows) for n in sorted({n for (tt, n) in present if tt == t})]
 
 
 def best_values(rows: list[dict], cols, model: str = "extended") -> dict[tuple[str, int], float]:
-    """Best value per (task, length) over rows: max passkey accuracy, min perplexity."""
+    """Best value per (task, length) over rows: max accuracy, min perplexity."""
     best = {}
     for task, length in cols:
-        values = [r["metrics"][(task, length, model)] for r in rows if (task, length, model) in r["metrics"]]
-        values = [v for v in values if not math.isnan(v)]
+        values = [get(r, task, length, model) for r in rows]
+        values = [v for v in values if v is not None and not math.isnan(v)]
         if values:
-            best[(task, length)] = TASKS[task](values)
+            best[(task, length)] = (min if task in LOWER_IS_BETTER else max)(values)
     return best
 
 
@@ -175,10 +217,69 @@ def base_reference(rows: list[dict], cols) -> dict[tuple[str, int], list[float]]
     """Distinct base-model values per column (one value when the base was evaluated once)."""
     ref: dict[tuple[str, int], list[float]] = {}
     for task, length in cols:
-        values = sorted({r["metrics"][(task, length, "base")] for r in rows if (task, length, "base") in r["metrics"]})
+        values = sorted({v for r in rows if (v := get(r, task, length, "base")) is not None})
         if values:
             ref[(task, length)] = values
     return ref
+
+
+def native_window(rows: list[dict]) -> int | None:
+    """The base model's native window as the evaluate stage recorded it (``info.native_window``)."""
+    for r in rows:
+        for model in ("base", "extended"):
+            v = get(r, "info.native_window", model=model)
+            if v:
+                return int(v)
+    return None
+
+
+def separation(rows: list[dict], task: str, length: int) -> tuple[dict, list[tuple[dict, bool]]] | None:
+    """The best row of an accuracy column and, per other method, its best row and whether the two
+    95% intervals are disjoint (best's lower bound above the other's upper bound); None without intervals."""
+    per_method: dict[str, dict] = {}
+    for r in rows:
+        v = get(r, task, length)
+        if v is None or get(r, task, length, stat="lo") is None:
+            continue
+        method = fmt_param(r["params"].get("method"))
+        if method not in per_method or v > get(per_method[method], task, length):
+            per_method[method] = r
+    if len(per_method) < 2:
+        return None
+    ranked = sorted(per_method.values(), key=lambda r: -get(r, task, length))
+    best = ranked[0]
+    lo = get(best, task, length, stat="lo")
+    return best, [(r, lo > get(r, task, length, stat="hi")) for r in ranked[1:]]
+
+
+def depth_table(rows: list[dict], task: str, window: int | None) -> tuple[list[float], dict, str]:
+    """Accuracy per depth pooled over lengths (past the native window when any were evaluated there).
+
+    Returns (depths, {(row name, depth): (accuracy, lo, hi, n)}, which lengths were pooled); lo and hi
+    are None when a pooled cell has no sample count (``.n``).
+    """
+    keys = [k for r in rows for k in r["metrics"] if k.task == task and k.depth is not None and k.stat is None
+            and k.model == "extended"]
+    depths = sorted({k.depth for k in keys})
+    lengths = sorted({k.length for k in keys})
+    beyond = [n for n in lengths if window and n > window]
+    pooled = beyond or lengths
+    where = f"lengths {', '.join(map(str, pooled))}" + (f" (past the native window {window})" if beyond else "")
+    out = {}
+    for r in rows:
+        for d in depths:
+            k_sum = n_sum = 0.0
+            counted = True  # every pooled cell recorded its sample count (else: no interval)
+            for n in pooled:
+                acc = get(r, task, n, depth=d)
+                if acc is not None:
+                    count = get(r, task, n, depth=d, stat="n")
+                    counted &= count is not None
+                    k_sum, n_sum = k_sum + acc * (count or 1), n_sum + (count or 1)
+            if n_sum:
+                lo, hi = wilson_interval(round(k_sum), round(n_sum)) if counted else (None, None)
+                out[(r["name"], d)] = (k_sum / n_sum, lo, hi, int(n_sum))
+    return depths, out, where
 
 
 # --------------------------------------------------------------------------- markdown (pure)
@@ -189,9 +290,13 @@ def fmt_value(task: str, value: float | None) -> str:
         return "—"
     if math.isnan(value):
         return "nan"
-    if task == "passkey":
+    if task not in LOWER_IS_BETTER:
         return f"{value:.0%}"
     return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
+
+
+def fmt_interval(lo: float | None, hi: float | None) -> str:
+    return "" if lo is None or hi is None else f" [{lo * 100:.0f}–{hi * 100:.0f}]"
 
 
 def fmt_param(value) -> str:
@@ -202,6 +307,14 @@ def fmt_param(value) -> str:
     return str(value)
 
 
+def fmt_length(reached: float | None, longest: int | None) -> str:
+    """Effective length; "≥ L" when it is the longest length evaluated (a lower bound)."""
+    if reached is None:
+        return "—"
+    reached = int(reached)
+    return f"≥ {reached}" if longest and reached >= longest else str(reached)
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -210,87 +323,233 @@ def _is_best(value: float, best: float | None) -> bool:
     return best is not None and not math.isnan(value) and math.isclose(value, best, rel_tol=1e-9, abs_tol=1e-12)
 
 
+def _table(header: list[str], body: list[list[str]], numeric_from: int) -> list[str]:
+    align = ["---"] * numeric_from + ["---:"] * (len(header) - numeric_from)
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|", *("| " + " | ".join(c) + " |" for c in body), ""]
+
+
+def task_section(rows: list[dict], task: str, cols, best, ref, param_keys) -> list[str]:
+    """One table: experiments x lengths of ``task`` (with 95% intervals), effective length, base row."""
+    lengths = [n for t, n in cols if t == task]
+    accuracy = task not in LOWER_IS_BETTER
+    has_eff = accuracy and any(get(r, task, model=m, detail="effective_length") is not None
+                               for r in rows for m in ("base", "extended"))
+    header = ["experiment", "rev", *param_keys, *map(str, lengths)] + ["effective length"] * has_eff
+    body = []
+    for r in rows:
+        cells = [_cell(r["name"]), r["rev"], *(_cell(fmt_param(r["params"].get(k))) for k in param_keys)]
+        for n in lengths:
+            v = get(r, task, n)
+            text = fmt_value(task, v)
+            text = f"**{text}**" if v is not None and _is_best(v, best.get((task, n))) else text
+            cells.append(text + (fmt_interval(get(r, task, n, stat="lo"), get(r, task, n, stat="hi")) if accuracy else ""))
+        if has_eff:
+            cells.append(fmt_length(get(r, task, model="extended", detail="effective_length"), lengths[-1]))
+        body.append(cells)
+    base = ["*base model*", "", *([""] * len(param_keys))]
+    for n in lengths:
+        values = ref.get((task, n))
+        base.append("–".join(fmt_value(task, v) for v in (values[0], values[-1])) if values and len(values) > 1
+                    else fmt_value(task, values[0] if values else None))
+    if has_eff:
+        base.append(fmt_length(next((v for r in rows if (v := get(r, task, model="base", detail="effective_length"))
+                                     is not None), None), lengths[-1]))
+    body.append(base)
+    lines = [f"## {task_label(task)}", ""]
+    if accuracy:
+        ns = sorted({int(v) for r in rows for n in lengths if (v := get(r, task, n, stat="n")) is not None})
+        lines += [("Samples per cell: " + ("–".join(map(str, (ns[0], ns[-1]))) if len(ns) > 1 else f"{ns[0]}")
+                   + "; brackets: 95% Wilson interval (%)." if ns else "No sample counts recorded (no intervals)."), ""]
+        threshold = next((v for r in rows if (v := r["metrics"].get(MetricKey(task, detail="threshold"))) is not None), None)
+        in_window = next((v for r in rows if (v := get(r, task, model="base", detail="in_window")) is not None), None)
+        if has_eff and threshold is not None:
+            lines += [f"Effective length: the longest length whose score, and every shorter length's, is ≥ "
+                      f"{threshold:.0%} = 0.9 × the base model's mean score at lengths ≤ its native window "
+                      f"({in_window:.0%}); \"≥\" = passed at every evaluated length.", ""]
+    lines += _table(header, body, 2 + len(param_keys))
+    if accuracy:
+        notes = []
+        for n in lengths:
+            sep = separation(rows, task, n)
+            if sep:
+                best, others = sep
+                iv = lambda r: (f"`{r['name']}` ({fmt_param(r['params'].get('method'))}) {fmt_value(task, get(r, task, n))}"  # noqa: E731
+                                + fmt_interval(get(r, task, n, stat="lo"), get(r, task, n, stat="hi")))
+                apart = [iv(r) for r, disjoint in others if disjoint]
+                close = [iv(r) for r, disjoint in others if not disjoint]
+                notes.append(f"- {n}: best {iv(best)}; **separated from** {', '.join(apart) or 'none'}; "
+                             f"overlaps {', '.join(close) or 'none'}")
+        if notes:
+            lines += ["Best method per length against each other method's best row (95% intervals disjoint or not):",
+                      "", *notes, ""]
+    return lines
+
+
+def depth_section(rows: list[dict], task: str, window: int | None) -> list[str]:
+    depths, cells, where = depth_table(rows, task, window)
+    if len(depths) < 2 and not cells:
+        return []
+    header = ["experiment", *(f"depth {d:g}" for d in depths)]
+    body = [[_cell(r["name"]), *(f"{c[0]:.0%}{fmt_interval(c[1], c[2])}" if (c := cells.get((r["name"], d))) else "—"
+                                 for d in depths)] for r in rows]
+    return [f"### {task} by needle depth", "", f"Accuracy pooled over {where}; brackets: 95% Wilson interval (%).", "",
+            *_table(header, body, 1)]
+
+
+def position_section(rows: list[dict]) -> list[str]:
+    """Perplexity per position bucket at the longest length with buckets, every experiment and the base."""
+    keys = {k for r in rows for k in r["metrics"] if k.task == "ppl" and k.detail and k.detail.startswith("bucket")}
+    if not keys:
+        return []
+    length = max(k.length for k in keys)
+    buckets = sorted({k.detail for k in keys if k.length == length}, key=lambda b: int(b[6:]))
+    nb = len(buckets)
+    header = ["experiment", *(f"{i * 100 // nb}–{(i + 1) * 100 // nb}%" for i in range(nb))]
+    body = [[_cell(r["name"]), *(fmt_value("ppl", get(r, "ppl", length, detail=b)) for b in buckets)] for r in rows]
+    base = next((r for r in rows if get(r, "ppl", length, "base", detail=buckets[0]) is not None), None)
+    if base:
+        body.append(["*base model*", *(fmt_value("ppl", get(base, "ppl", length, "base", detail=b)) for b in buckets)])
+    return [f"## Perplexity by position ({length} tokens)", "",
+            "Perplexity of each equal span of the window (by token position): a method that still uses far "
+            "tokens keeps the later spans low.", "", *_table(header, body, 1)]
+
+
+def efficiency_task(rows: list[dict]) -> str | None:
+    """The task the data-efficiency outcome uses: passkey when it has an effective length, else the first that has."""
+    tasks = [t for t in tasks_of(rows) if any(get(r, t, detail="effective_length") is not None for r in rows)]
+    return "passkey" if "passkey" in tasks else (tasks[0] if tasks else None)
+
+
+def efficiency_points(rows: list[dict]) -> dict[str, list[tuple[int, float | None, float | None]]]:
+    """{method: [(budget, effective length, perplexity at 2 x target), ...] sorted by budget}."""
+    task = efficiency_task(rows)
+    out: dict[str, list] = {}
+    for r in rows:
+        if r["budget"] is None:
+            continue
+        eff = get(r, task, detail="effective_length") if task else None
+        ppl = get(r, "ppl", 2 * int(r["target_length"])) if r["target_length"] else None
+        if eff is None and ppl is None:
+            continue
+        out.setdefault(fmt_param(r["params"].get("method")), []).append((r["budget"], eff, ppl))
+    return {m: sorted(pts, key=lambda p: p[0]) for m, pts in sorted(out.items())}
+
+
+def efficiency_section(rows: list[dict], plot: str | None) -> list[str]:
+    points = efficiency_points(rows)
+    if not points:
+        return []
+    task = efficiency_task(rows)
+    body = [[m, str(b), fmt_param(None if e is None else int(e)), fmt_value("ppl", p)]
+            for m, pts in points.items() for b, e, p in pts]
+    lines = ["## How little data: effective length and perplexity by fine-tuning budget", "",
+             "Budget = fine-tuning sequences seen = `train.steps × train.batch_size × train.grad_accum` "
+             f"(0 = training-free). Effective length of `{task}`; perplexity at 2 × target_length.", "",
+             *_table(["method", "budget (sequences)", f"{task} effective length", "ppl at 2× target"], body, 1)]
+    if plot:
+        lines += [f"![data efficiency]({plot})", ""]
+    return lines
+
+
 def render_markdown(rows: list[dict], plots: dict[str, str] | None = None, source: str = "dvc exp show --json") -> str:
-    """The report: intro, table (experiments × task × length), base reference row, plots, notes."""
+    """The report: one table per task (95% intervals, effective length), depth, position, data efficiency, plots."""
+    plots = plots or {}
     ranked = [r for r in rows if r["metrics"]]
     missing = [r for r in rows if not r["metrics"]]
     cols = columns(ranked)
     best = best_values(ranked, cols)
     ref = base_reference(ranked, cols)
     param_keys = list(ranked[0]["params"]) if ranked else list(PARAM_COLUMNS)
+    window = native_window(ranked)
 
     lines = [
         "# Context-extension methods compared",
         "",
-        f"Read from `{source}`: {len(ranked)} revisions with metrics. Cells are the extended model's "
-        "passkey accuracy and perplexity per evaluated length (main summary keys `<task>.<length>.extended`; "
-        "depth and position-bucket details omitted). **Bold** = best per column (highest passkey "
-        "accuracy, lowest perplexity). The *base model* row is the unextended model, for reference (not ranked).",
+        f"Read from `{source}`: {len(ranked)} revisions with metrics. One table per task: the extended "
+        "model's score per evaluated length (summary keys `<task>.<length>.extended`). **Bold** = best per "
+        "column (highest accuracy, lowest perplexity). The *base model* row is the unextended model, for "
+        "reference (not ranked)." + (f" Native window: {window} tokens." if window else ""),
         "",
     ]
     if not ranked:
         lines += ["No revision has metrics yet.", ""]
-    else:
-        header = ["experiment", "rev", *param_keys, *(f"{t} {n}" for t, n in cols)]
-        align = ["---", "---", *(["---"] * len(param_keys)), *(["---:"] * len(cols))]
-        lines += ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-        for r in ranked:
-            cells = [_cell(r["name"]), r["rev"], *(_cell(fmt_param(r["params"].get(k))) for k in param_keys)]
-            for task, length in cols:
-                v = r["metrics"].get((task, length, "extended"))
-                text = fmt_value(task, v)
-                cells.append(f"**{text}**" if v is not None and _is_best(v, best.get((task, length))) else text)
-            lines.append("| " + " | ".join(cells) + " |")
-        base_cells = ["*base model*", "", *([""] * len(param_keys))]
-        for task, length in cols:
-            values = ref.get((task, length))
-            base_cells.append("–".join(fmt_value(task, v) for v in (values[0], values[-1])) if values and len(values) > 1
-                              else fmt_value(task, values[0] if values else None))
-        lines += ["| " + " | ".join(base_cells) + " |", ""]
-    for task, path in (plots or {}).items():
-        lines += [f"![{TASK_LABELS[task]} by method]({path})", ""]
+    for task in tasks_of(ranked):
+        lines += task_section(ranked, task, cols, best, ref, param_keys)
+        if task in plots:
+            lines += [f"![{task_label(task)} by method]({plots[task]})", ""]
+        if task not in LOWER_IS_BETTER:
+            lines += depth_section(ranked, task, window)
+    lines += position_section(ranked)
+    if POSITION_PLOT in plots.values():
+        lines += [f"![perplexity by position]({POSITION_PLOT})", ""]
+    lines += efficiency_section(ranked, plots.get("efficiency"))
     if missing:
         names = ", ".join(f"`{r['name']}`" + (f" ({r['state']})" if r["state"] else "") for r in missing)
-        lines += [f"Without `{METRICS_FILE}` main keys (queued, failed or pre-pipeline revisions): {names}.", ""]
+        lines += [f"Without `{METRICS_FILE}` metrics (queued, failed or pre-pipeline revisions): {names}.", ""]
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- plots
 
 
-def plot_by_method(rows: list[dict], task: str, path: str | Path) -> bool:
-    """One line per row (extended model) vs length on a log2 axis; base model dashed grey. False if no data."""
-    series = []
-    for r in rows:
-        pts = sorted((n, v) for (t, n, m), v in r["metrics"].items() if t == task and m == "extended")
-        if pts:
-            series.append((f"{r['name']} ({fmt_param(r['params'].get('method'))})", pts))
-    if not series:
-        return False
-    bases = {tuple(sorted((n, v) for (t, n, m), v in r["metrics"].items() if t == task and m == "base")) for r in rows}
-    bases.discard(())
-
+def _pyplot():
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, pts in enumerate(sorted(bases)):
-        ax.plot(*zip(*pts), "--", color="grey", zorder=3, label="base model" if i == 0 else None)
-    for i, (label, pts) in enumerate(series):  # markers cycle too, so >10 lines stay distinguishable
-        ax.plot(*zip(*pts), "-", marker="osD^v<>ph*"[i % 10], label=label)
-    lengths = sorted({n for _, pts in series for n, _ in pts})
+    return plt
+
+
+def _label(r: dict) -> str:
+    return f"{r['name']} ({fmt_param(r['params'].get('method'))})"
+
+
+def _log2_lengths(ax, lengths) -> None:
+    import matplotlib.ticker
+
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [str(n) for n in lengths])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    if task == "ppl":
-        ax.set_yscale("log")  # plain numbers (40, not 4×10¹) on major and minor ticks
-        ax.yaxis.set_major_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def _log_ppl(ax) -> None:
+    import matplotlib.ticker
+
+    ax.set_yscale("log")  # plain numbers (40, not 4×10¹) on major and minor ticks
+    ax.yaxis.set_major_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def plot_by_method(rows: list[dict], task: str, path: str | Path) -> bool:
+    """One line per row (extended model) vs length, 95% intervals as error bars; base dashed grey. False if no data."""
+    series = []
+    for r in rows:
+        pts = sorted((k.length, v) for k, v in r["metrics"].items() if k.task == task and k.is_cell and k.model == "extended")
+        if pts:
+            series.append((r, pts))
+    if not series:
+        return False
+    bases = {tuple(sorted((k.length, v) for k, v in r["metrics"].items() if k.task == task and k.is_cell
+                          and k.model == "base")) for r in rows}
+    bases.discard(())
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, pts in enumerate(sorted(bases)):
+        ax.plot(*zip(*pts), "--", color="grey", zorder=3, label="base model" if i == 0 else None)
+    for i, (r, pts) in enumerate(series):  # markers cycle too, so >10 lines stay distinguishable
+        xs, ys = zip(*pts)
+        los = [get(r, task, n, stat="lo") for n in xs]
+        his = [get(r, task, n, stat="hi") for n in xs]
+        err = None
+        if all(v is not None for v in los + his):
+            err = [[y - lo for y, lo in zip(ys, los)], [hi - y for y, hi in zip(ys, his)]]
+        ax.errorbar(xs, ys, yerr=err, fmt="-", marker="osD^v<>ph*"[i % 10], capsize=3, label=_label(r))
+    _log2_lengths(ax, sorted({n for _, pts in series for n, _ in pts}))
+    if task in LOWER_IS_BETTER:
+        _log_ppl(ax)
     ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel(TASK_LABELS[task])
+    ax.set_ylabel(task_label(task))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
@@ -298,7 +557,89 @@ def plot_by_method(rows: list[dict], task: str, path: str | Path) -> bool:
     return True
 
 
+def plot_ppl_by_position(rows: list[dict], path: str | Path) -> bool:
+    """Perplexity per position bucket, one panel per length, one line per row (base dashed). False if no data."""
+    keys = {k for r in rows for k in r["metrics"] if k.task == "ppl" and k.detail and k.detail.startswith("bucket")}
+    if not keys:
+        return False
+    lengths = sorted({k.length for k in keys})
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(lengths), figsize=(4 * len(lengths) + 2, 3.8), squeeze=False, sharey=True)
+    for ax, length in zip(axes[0], lengths):
+        buckets = sorted({k.detail for k in keys if k.length == length}, key=lambda b: int(b[6:]))
+        xs = [(i + 0.5) / len(buckets) * length for i in range(len(buckets))]
+        base = next((r for r in rows if get(r, "ppl", length, "base", detail=buckets[0]) is not None), None)
+        if base:
+            ax.plot(xs, [get(base, "ppl", length, "base", detail=b) for b in buckets], "--", color="grey", label="base model")
+        for i, r in enumerate(rows):
+            ys = [get(r, "ppl", length, detail=b) for b in buckets]
+            if all(y is not None for y in ys):
+                ax.plot(xs, ys, "-", marker="osD^v<>ph*"[i % 10], label=_label(r))
+        ax.set_title(f"{length} tokens")
+        ax.set_xlabel("token position (bucket centre)")
+        ax.grid(alpha=0.3)
+    _log_ppl(axes[0][0])
+    axes[0][0].set_ylabel("perplexity")
+    axes[0][-1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    return True
+
+
+def plot_data_efficiency(rows: list[dict], path: str | Path) -> bool:
+    """Two panels vs fine-tuning budget (symlog x, 0 = training-free): effective length, and perplexity at
+    2 x target. One line per method. False if no row has an outcome."""
+    points = efficiency_points(rows)
+    if not points:
+        return False
+    task = efficiency_task(rows)
+    plt = _pyplot()
+    fig, (ax_len, ax_ppl) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (method, pts) in enumerate(points.items()):
+        marker = "osD^v<>ph*"[i % 10]
+        eff = [(b, e) for b, e, _ in pts if e is not None]
+        ppl = [(b, p) for b, _, p in pts if p is not None]
+        if eff:
+            ax_len.plot(*zip(*eff), "-", marker=marker, label=method)
+        if ppl:
+            ax_ppl.plot(*zip(*ppl), "-", marker=marker, label=method)
+    for ax in (ax_len, ax_ppl):
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("fine-tuning budget (sequences = steps × batch × grad_accum)")
+        ax.grid(alpha=0.3)
+    reached = sorted({int(e) for pts in points.values() for _, e, _ in pts if e is not None})
+    ax_len.set_yticks(reached, [str(n) for n in reached])  # linear: 0 (never reached) stays on the axis
+    ax_len.set_ylabel(f"effective length, {task} (tokens)" if task else "effective length")
+    ax_len.set_title("how far it reaches")
+    ax_ppl.set_ylabel("perplexity at 2 × target length")
+    ax_ppl.set_title("perplexity past the target")
+    if any(p is not None for pts in points.values() for _, _, p in pts):
+        _log_ppl(ax_ppl)
+    ax_ppl.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    return True
+
+
 # --------------------------------------------------------------------------- glue
+
+
+def summaries_as_show(folders: list[str | Path], metrics_file: str = METRICS_FILE) -> list:
+    """Experiment folders (each with ``params.yaml`` and ``metrics/summary.json``) in ``dvc exp show --json``'s shape."""
+    import yaml
+
+    from longctx.io import read_json
+
+    out = []
+    for folder in map(Path, folders):
+        params_file, summary_file = folder / PARAMS_FILE, folder / metrics_file
+        if not params_file.exists() or not summary_file.exists():
+            raise FileNotFoundError(f"--summaries {folder}: needs {PARAMS_FILE} and {metrics_file} there")
+        data = {"params": {PARAMS_FILE: {"data": yaml.safe_load(params_file.read_text())}},
+                "metrics": {metrics_file: {"data": read_json(summary_file)}}}
+        out.append({"rev": str(folder), "name": folder.name, "data": data, "error": None, "experiments": None,
+                    "folder": True})
+    return out
 
 
 def write_report(
@@ -313,18 +654,23 @@ def write_report(
     show: list | None = None,
     source: str | None = None,
 ) -> Path:
-    """Write ``<out>/report.md`` and ``<out>/{passkey,ppl}_by_method.png``; return the report path.
+    """Write ``<out>/report.md`` and its plots (``<task>_by_method.png`` per task, ``ppl_by_position.png``,
+    ``data_efficiency.png``); return the report path.
 
-    ``show`` (already parsed ``dvc exp show --json``, or rows in its shape) skips the subprocess;
-    ``source`` then names where they came from in the report's header. A relative ``out`` is
-    relative to the current directory, not to ``repo``.
+    ``show`` (already parsed ``dvc exp show --json``, or rows in its shape, e.g. from
+    :func:`summaries_as_show`) skips the subprocess; ``source`` then names where they came from in the
+    report's header. A relative ``out`` is relative to the current directory, not to ``repo``.
     """
     if show is None:
         show = dvc_exp_show(repo, revs, all_commits, all_branches, all_tags)
     rows = collect_rows(show, metrics_file=metrics_file, include_workspace=include_workspace)
     out = Path(out)
     ranked = [r for r in rows if r["metrics"]]
-    plots = {task: name for task, name in PLOT_FILES.items() if plot_by_method(ranked, task, out / name)}
+    plots = {task: plot_file(task) for task in tasks_of(ranked) if plot_by_method(ranked, task, out / plot_file(task))}
+    if plot_ppl_by_position(ranked, out / POSITION_PLOT):
+        plots["position"] = POSITION_PLOT
+    if plot_data_efficiency(ranked, out / EFFICIENCY_PLOT):
+        plots["efficiency"] = EFFICIENCY_PLOT
     flags = [f"--rev {r}" for r in revs] + ["--all-commits"] * all_commits + ["--all-branches"] * all_branches
     flags += ["--all-tags"] * all_tags
     source = source or " ".join(["dvc exp show --json", *flags])

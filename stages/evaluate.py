@@ -7,7 +7,7 @@ from longctx.evaluation.samples import load_samples
 from longctx.evaluation.suite import evaluate_model
 from longctx.io import atomic_write_json
 from longctx.methods import warn_eval_beyond_support
-from longctx.modeling import load_model, load_tokenizer, read_extension
+from longctx.modeling import load_model, load_tokenizer, native_record, read_extension
 from longctx.params import stage_params
 from longctx.train import load_finetuned
 
@@ -27,5 +27,8 @@ if __name__ == "__main__":
         model = load_finetuned(args.finetuned, args.model, dtype=p.model.dtype)
     metrics = evaluate_model(model, load_samples(args.samples), p.eval, tokenizer=load_tokenizer(args.tokenizer))
     metrics["info.chat_template"] = int(p.eval.use_chat_template)  # recorded: it changes every prompt
+    # the window that "in-window" scores are measured inside (aggregate's effective length)
+    ext = read_extension(args.model)
+    metrics["info.native_window"] = ext.native_window if ext else native_record(args.model)["native_window"]
     atomic_write_json(args.out, metrics)
     print(f"evaluate {args.out}: {metrics}")

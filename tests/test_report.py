@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from longctx.evaluation.metric_key import MetricKey
 from longctx.report import collect_rows, columns, main_metrics, render_markdown, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,11 +112,20 @@ def committed_repo(exp_repo, tmp_path_factory) -> Path:
 
 
 def table(md: str) -> dict[str, dict[str, str]]:
-    """Markdown table -> {first cell: {header: cell}}."""
-    lines = [l for l in md.splitlines() if l.startswith("|")]
-    split = lambda l: [c.strip() for c in l.strip().strip("|").split(" | ")]
-    header = split(lines[0])
-    return {cells[0]: dict(zip(header, cells)) for cells in map(split, lines[2:])}
+    """The per-task tables merged: {first cell: {header: cell}}, length columns named "<task> <length>"."""
+    split = lambda l: [c.strip() for c in l.strip().strip("|").split(" | ")]  # noqa: E731
+    rows: dict[str, dict[str, str]] = {}
+    for block in re.split(r"\n(?=##+ )", md):
+        task = {"## passkey accuracy": "passkey", "## perplexity": "ppl"}.get(block.splitlines()[0].strip())
+        lines = [l for l in block.splitlines() if l.startswith("|")]
+        if task is None or not lines:
+            continue
+        header = split(lines[0])
+        for cells in map(split, lines[2:]):
+            row = rows.setdefault(cells[0], {})
+            for h, c in zip(header, cells):
+                row[f"{task} {h}" if h.isdigit() else h] = c
+    return rows
 
 
 # --------------------------------------------------------------------------- pure
@@ -128,10 +139,16 @@ def _entry(rev, name, method, metrics, experiments=None, error=None):
     return {"rev": rev, "name": name, "data": data, "error": error, "experiments": experiments}
 
 
-def test_main_metrics_drops_detail_keys():
-    got = main_metrics({"passkey.8192.extended": 1, "passkey.8192.d0.5.extended": 0.2,
-                        "ppl.8192.bucket3.base": 9.0, "ppl.8192.base": 7.5, "train.loss": 1.0})
-    assert got == {("passkey", 8192, "extended"): 1.0, ("ppl", 8192, "base"): 7.5}
+def test_main_metrics_reads_every_model_key():
+    got = main_metrics({"passkey.8192.extended": 1, "passkey.8192.d0.5.extended": 0.2, "passkey.8192.lo.base": 0.9,
+                        "ppl.8192.bucket3.base": 9.0, "ppl.8192.base": 7.5, "train.loss": 1.0, "passkey.threshold": 0.9})
+    assert got == {MetricKey("passkey", 8192, model="extended"): 1.0,
+                   MetricKey("passkey", 8192, 0.5, model="extended"): 0.2,
+                   MetricKey("passkey", 8192, stat="lo", model="base"): 0.9,
+                   MetricKey("ppl", 8192, detail="bucket3", model="base"): 9.0,
+                   MetricKey("ppl", 8192, model="base"): 7.5,
+                   MetricKey("passkey", detail="threshold"): 0.9}  # train.* stays out
+    assert [k for k in got if k.is_cell] == [MetricKey("passkey", 8192, model="extended"), MetricKey("ppl", 8192, model="base")]
 
 
 def test_collect_rows_workspace_dedup_and_failed():
@@ -183,7 +200,8 @@ def test_report_on_experiments(exp_repo, tmp_path):
                for n in ("main", "exp-pi", "exp-yarn", "exp-abf"))
     cols = [c for c in t["main"] if c.startswith(("passkey", "ppl"))]
     assert cols == ["passkey 4096", "passkey 8192", "ppl 4096", "ppl 8192"]  # no .d0.5 / .bucket0 columns
-    assert "0.123" not in md and "99.9" not in md
+    assert "0.123" not in md  # details are not cells: depth 0.5 goes to the depth table (12%), bucket0 to position
+    assert "| exp-pi | 12% |" in md and "| exp-pi | 99.90 |" in md
     assert [t[n]["passkey 4096"] for n in ("main", "exp-pi", "exp-yarn", "exp-abf")] == ["**100%**", "**100%**", "50%", "75%"]
     assert [t[n]["passkey 8192"] for n in ("main", "exp-pi", "exp-yarn", "exp-abf")] == ["0%", "25%", "**75%**", "50%"]
     assert [t[n]["ppl 4096"] for n in ("main", "exp-pi", "exp-yarn", "exp-abf")] == ["**10.00**", "12.00", "11.00", "13.00"]

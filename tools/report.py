@@ -3,11 +3,12 @@
     python tools/report.py                         # HEAD and the experiments derived from it
     python tools/report.py --all-commits           # every commit and its experiments
     python tools/report.py --rev main --rev my-branch --out docs/report
+    python tools/report.py --summaries runs/*/      # folders with params.yaml + metrics/summary.json
 """
 
 import argparse
 
-from longctx.report import METRICS_FILE, write_report
+from longctx.report import METRICS_FILE, summaries_as_show, write_report
 
 
 def main(argv=None) -> None:
@@ -24,9 +25,13 @@ def main(argv=None) -> None:
                     help="always list the workspace (default: only when it differs from every other row)")
     ws.add_argument("--no-workspace", dest="include_workspace", action="store_const", const=False)
     p.add_argument("--metrics-file", default=METRICS_FILE)
+    p.add_argument("--summaries", nargs="+", metavar="DIR", default=None,
+                   help="experiment folders (params.yaml + metrics file each) instead of `dvc exp show`")
     a = p.parse_args(argv)
     report = write_report(a.out, a.repo, a.revs, a.all_commits, a.all_branches, a.all_tags,
-                          a.include_workspace, a.metrics_file)
+                          a.include_workspace, a.metrics_file,
+                          show=summaries_as_show(a.summaries, a.metrics_file) if a.summaries else None,
+                          source=f"{len(a.summaries)} experiment folders" if a.summaries else None)
     print(f"report: {report}")
 
 

@@ -90,31 +90,46 @@ def generate_needle(
     num_samples: int,
     seed: int,
     use_chat_template: bool,
+    needles: int = 1,
 ) -> list[EvalSample]:
-    """Single-needle retrieval on real filler.
+    """Single-needle retrieval on real filler; with ``needles`` > 1, several needles, one asked.
 
-    ``meta["needle_offset"]`` is the absolute token index of the needle's first token;
-    inside the haystack it sits at ``round(depth * meta["haystack_len"])``. ``depth=None``
-    draws a seeded uniform depth per sample.
+    ``meta["needle_offset"]`` is the absolute token index of the asked needle's first token;
+    inside the haystack (filler plus the other needles) it sits at ``round(depth * meta["haystack_len"])``.
+    ``depth=None`` draws a seeded uniform depth per sample.
+
+    ``needles`` (difficulty knob, default 1 = the single-needle task): the other ``needles - 1``
+    sentences name other dishes and other ingredients (never the answer) and sit at seeded uniform
+    places around the asked one, as RULER's ``niah_multikey_1``; ``meta["needle_offsets"]`` lists
+    every needle, the asked one first.
     """
+    if not 1 <= needles <= min(len(DISHES), len(INGREDIENTS)):
+        raise ValueError(f"eval.needle.needles: must be in [1, {min(len(DISHES), len(INGREDIENTS))}], got {needles}")
     samples = []
     for i in range(num_samples):
         rng = sample_rng("needle", seed, i)
         dish, word = rng.choice(DISHES), rng.choice(INGREDIENTS)
         d = rng.random() if depth is None else depth
         _check_depth(d)
+        # other needles from their own stream, so the single-needle task draws exactly what it always drew
+        extra = sample_rng("needle-others", seed, i)
+        others = list(zip(extra.sample([x for x in DISHES if x != dish], needles - 1),
+                          extra.sample([x for x in INGREDIENTS if x != word], needles - 1)))
         frame = prompt_frame(tokenizer, use_chat_template, f"The special ingredient of the {dish} recipe is")
         intro = tok(tokenizer, "There is a special ingredient hidden in the following text. Find it and memorise it.\n\n")
         needle = tok(tokenizer, f" The special ingredient of the {dish} recipe is {word}.")
+        decoys = [tok(tokenizer, f" The special ingredient of the {x} recipe is {w}.") for x, w in others]
         question = tok(tokenizer, f"\n\nWhat is the special ingredient of the {dish} recipe? Answer with one word.")
         answer_ids = answer_token_ids(tokenizer, word)
         hay_len = budget(length, frame.prefix_ids, frame.suffix_ids, intro, needle, question, answer_ids)
         offset = round(d * hay_len)
-        anchor, _ = anchored_layout(rng, hay_len, offset, [])
-        filler = haystack_filler(tokenizer, hay_len, [anchor], rng)
-        haystack, starts = insert_items(filler, [needle], [(anchor, 1)])
-        meta = {"needle": f"{dish}={word}", "haystack_len": hay_len, "depth": d,
-                "needle_offset": len(frame.prefix_ids) + len(intro) + starts[0]}
+        anchor, places = anchored_layout(rng, hay_len, offset, [len(x) for x in decoys])
+        filler = haystack_filler(tokenizer, hay_len - sum(map(len, decoys)), [anchor] + [p for p, _ in places], rng)
+        haystack, starts = insert_items(filler, [needle, *decoys], [(anchor, 1), *places])
+        hs = len(frame.prefix_ids) + len(intro)
+        meta = {"needle": f"{dish}={word}", "haystack_len": hay_len, "depth": d, "needle_offset": hs + starts[0]}
+        if needles > 1:
+            meta |= {"others": [f"{x}={w}" for x, w in others], "needle_offsets": [hs + s for s in starts]}
         samples.append(make_sample("needle", length, depth, i, frame, intro, haystack, question, word, answer_ids, meta))
     return samples
 

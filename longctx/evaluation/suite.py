@@ -1,8 +1,10 @@
 """The evaluation suite: which samples to make from the eval params, and how to turn scores into metrics.
 
 Samples are generated once (stage ``eval_samples``) and stored, so the base model and every
-extended model are scored on byte-identical prompts. Metric keys are flat and readable:
-``passkey.16384`` (mean over depths), ``passkey.16384.d0.2``, ``ppl.16384``, ``ppl.16384.bucket3``.
+extended model are scored on byte-identical prompts. Metric keys are flat and readable
+(``metric_key.MetricKey`` writes them): ``passkey.16384`` (mean over depths), ``passkey.16384.d0.2``,
+``ppl.16384``, ``ppl.16384.bucket3``; every accuracy cell also gets its 95% Wilson interval and
+sample count, ``passkey.16384.lo`` / ``.hi`` / ``.n`` (``stats.wilson_interval``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from longctx.evaluation.dialog_recall import generate_dialog_recall
+from longctx.evaluation.metric_key import MetricKey
 from longctx.evaluation.needle import generate_needle
 from longctx.evaluation.passkey import generate_passkey
 from longctx.evaluation.perplexity import generate_perplexity, perplexity_metrics, token_nll
@@ -20,6 +23,7 @@ from longctx.evaluation.ruler import (generate_common_words, generate_multikey, 
                                      generate_variable_tracking)
 from longctx.evaluation.samples import EvalSample
 from longctx.evaluation.scoring import greedy_agreement, greedy_generate, score_samples
+from longctx.evaluation.stats import wilson_interval
 from longctx.params import EvalParams
 
 
@@ -29,7 +33,7 @@ def make_eval_samples(tokenizer, ep: EvalParams) -> list[EvalSample]:
         for length in ep.passkey.lengths or ep.lengths:
             for depth in ep.passkey.depths:
                 samples += generate_passkey(tokenizer, length, depth, ep.passkey.samples, ep.seed,
-                                            ep.use_chat_template)
+                                            ep.use_chat_template, distractors=ep.passkey.distractors)
     if ep.perplexity.enabled:
         for length in ep.perplexity.lengths or ep.lengths:
             samples += generate_perplexity(tokenizer, length, ep.seed)
@@ -37,7 +41,8 @@ def make_eval_samples(tokenizer, ep: EvalParams) -> list[EvalSample]:
         generate = SYNTHETIC[name]
         for length in task.lengths or ep.lengths:
             for depth in ([None] if name in DEPTHLESS else task.depths):
-                samples += generate(tokenizer, length, depth, task.samples, ep.seed, ep.use_chat_template)
+                samples += generate(tokenizer, length, depth, task.samples, ep.seed, ep.use_chat_template,
+                                    **DIFFICULTY.get(name, lambda t: {})(task))
     if ep.longbench.enabled:
         samples += longbench_samples(tokenizer, ep)
     return samples
@@ -53,6 +58,8 @@ SYNTHETIC = {
     "dialog_recall": generate_dialog_recall,
 }
 DEPTHLESS = ("variable_tracking", "common_words")
+# Difficulty knobs a task's generator takes from its params (new knobs default to the original task).
+DIFFICULTY = {"needle": lambda task: {"needles": task.needles}}
 
 
 def synthetic_tasks(ep: EvalParams):
@@ -91,16 +98,7 @@ def evaluate_model(model, samples: list[EvalSample], ep: EvalParams, tokenizer=N
     metrics: dict[str, float] = {}
     answer_tasks = [s for s in samples if s.answer_ids]
     correct = score_samples(model, answer_tasks, ep.batch_size, desc="retrieval tasks")
-    by_length = defaultdict(list)
-    by_depth = defaultdict(list)
-    for s, ok in zip(answer_tasks, correct):
-        by_length[(s.task, s.length)].append(ok)
-        if s.depth is not None:
-            by_depth[(s.task, s.length, s.depth)].append(ok)
-    for (task, length), oks in by_length.items():
-        metrics[f"{task}.{length}"] = sum(oks) / len(oks)
-    for (task, length, depth), oks in by_depth.items():
-        metrics[f"{task}.{length}.d{depth:g}"] = sum(oks) / len(oks)
+    metrics.update(accuracy_metrics(answer_tasks, correct))
     if ep.greedy_check and answer_tasks:
         # Teacher forcing must agree with real greedy decoding; report how often it does.
         checked = answer_tasks[: ep.greedy_check]
@@ -111,10 +109,32 @@ def evaluate_model(model, samples: list[EvalSample], ep: EvalParams, tokenizer=N
     for s in tqdm([s for s in samples if s.task == "perplexity"], desc="perplexity", unit="window"):
         nll = token_nll(model, torch.tensor([s.input_ids], device=device))
         for key, value in perplexity_metrics(nll, ep.perplexity.buckets).items():
-            metrics[f"ppl.{s.length}" if key == "ppl" else f"ppl.{s.length}.{key}"] = round(value, 4)
+            metrics[MetricKey("ppl", s.length, detail=None if key == "ppl" else key).format()] = round(value, 4)
     # Wall time is printed, not stored: metrics must be identical run to run for identical inputs.
     print(f"evaluated {len(samples)} samples in {time.perf_counter() - t0:.1f} s")
     return dict(sorted(metrics.items()))
+
+
+def accuracy_metrics(samples: list[EvalSample], correct: list[bool]) -> dict[str, float]:
+    """Accuracy per (task, length) and per (task, length, depth), each with its 95% Wilson interval.
+
+    ``<cell>`` = fraction correct, ``<cell>.lo`` / ``<cell>.hi`` = Wilson bounds (rounded to 4
+    decimals), ``<cell>.n`` = samples in the cell.
+    """
+    cells = defaultdict(list)
+    for s, ok in zip(samples, correct):
+        cells[MetricKey(s.task, s.length)].append(ok)
+        if s.depth is not None:
+            cells[MetricKey(s.task, s.length, s.depth)].append(ok)
+    metrics = {}
+    for key, oks in cells.items():
+        k, n = sum(oks), len(oks)
+        lo, hi = wilson_interval(k, n)
+        metrics[key.format()] = k / n
+        metrics[key.with_stat("lo").format()] = round(lo, 4)
+        metrics[key.with_stat("hi").format()] = round(hi, 4)
+        metrics[key.with_stat("n").format()] = n
+    return metrics
 
 
 def longbench_metrics(model, tokenizer, samples: list[EvalSample]) -> dict:
