@@ -1,8 +1,6 @@
 """Stage evaluate: score one model on the evaluation samples; `--finetuned` adds the fine-tuned weights."""
 
-import argparse
-from pathlib import Path
-
+from longctx.cli import stage_args
 from longctx.evaluation.samples import load_samples
 from longctx.evaluation.suite import evaluate_model
 from longctx.io import atomic_write_json
@@ -12,13 +10,10 @@ from longctx.params import stage_params
 from longctx.train import load_finetuned
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", type=Path, required=True, help="model folder (models/base or models/extended)")
-    ap.add_argument("--finetuned", type=Path, help="fine-tuned adapter or weights on top of --model")
-    ap.add_argument("--tokenizer", type=Path, required=True, help="model folder whose tokenizer to use")
-    ap.add_argument("--samples", type=Path, required=True, help="samples from eval_samples")
-    ap.add_argument("--out", type=Path, required=True, help="metrics file to write (JSON)")
-    args = ap.parse_args()
+    args = stage_args(__doc__, {"model": "model folder (base or extended)",
+                                "tokenizer": "model folder whose tokenizer to use",
+                                "samples": "samples from eval_samples", "out": "metrics file to write (JSON)"},
+                      optional={"finetuned": "fine-tuned adapter or weights on top of --model"})
     p = stage_params()
     if args.finetuned is None:
         model = load_model(args.model, dtype=p.model.dtype)

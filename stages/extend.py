@@ -1,16 +1,11 @@
 """Stage extend: apply `method` (with methods.<method>) to the base model, writing the extended model."""
 
-import argparse
-from pathlib import Path
-
+from longctx.cli import stage_args
 from longctx.modeling import load_model, make_extended_model
 from longctx.params import stage_params
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--base", type=Path, required=True, help="base model folder (models/base)")
-    ap.add_argument("--out", type=Path, required=True, help="extended model folder to write")
-    args = ap.parse_args()
+    args = stage_args(__doc__, {"base": "base model folder", "out": "extended model folder to write"})
     p = stage_params()
     ext = make_extended_model(args.base, args.out, p.method, p.method_params(), p.target_length,
                               p.model.native_window)

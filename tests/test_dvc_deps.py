@@ -145,3 +145,11 @@ def test_training_curves_are_declared_outputs(base_dir, tmp_path):  # noqa: F811
     written = [f"{live_dir}/{p.relative_to(tmp_path / 'live').as_posix()}"
                for p in (tmp_path / "live").rglob("*") if p.is_file()]
     assert written and [f for f in written if not is_covered(f, declared_outputs(stage))] == []
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run runs the README's test command, verbatim (a one-liner that makes its own venv)."""
+    readme = (ROOT / "README.md").read_text()
+    command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert "python3 -m venv .venv && . .venv/bin/activate" in command and command.endswith("pytest -q")
+    assert f"\n    {command}\n" in readme

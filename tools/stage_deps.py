@@ -5,11 +5,12 @@
 
 A stage runs the script named in its `cmd` (`python stages/x.py ...`). Its code is the transitive
 closure of that script's `import` statements over `longctx` modules (imports inside functions
-included, since they may run; a string that names a module counts too, for imports by name), plus the `__init__.py` of every package on the way: importing
-`longctx.data.packing` executes `longctx/__init__.py` and `longctx/data/__init__.py` first. A
-module is covered when a dep is its file or a folder above it. `--write` lists a sub-package as its
-folder when the closure holds every module in it, and each other module as its file; the other deps
-(the script, models, data) and every comment stay. tests/test_dvc_deps.py fails when a dep is missing.
+included, since they may run; a string that names a module counts too, for imports by name), plus
+the `__init__.py` of every package on the way: importing `longctx.data.packing` executes
+`longctx/__init__.py` and `longctx/data/__init__.py` first. A module is covered when a dep is its
+file or a folder above it. `--write` lists a sub-package as its folder when the closure holds every
+module in it, and each other module as its file; the other deps (the script, models, data) and
+every comment stay. tests/test_dvc_deps.py fails when a dep is missing.
 """
 
 import argparse
