@@ -37,7 +37,7 @@ from longctx.io import atomic_savefig, atomic_write_text
 
 METRICS_FILE = "metrics/summary.json"
 PARAMS_FILE = "params.yaml"
-PARAM_COLUMNS = ("method", "target_length", "train.steps", "train.mode")
+PARAM_COLUMNS = ("method", "recipe", "target_length", "train.steps", "train.mode")  # as the run used them
 LOWER_IS_BETTER = ("ppl",)  # every other task is an accuracy (higher is better)
 TASK_LABELS = {"passkey": "passkey accuracy", "ppl": "perplexity"}
 EFFICIENCY_PLOT = "data_efficiency.png"
@@ -52,11 +52,28 @@ def plot_file(task: str) -> str:
     return f"{task.replace('.', '_')}_by_method.png"
 
 
+def with_recipe(params: dict) -> dict:
+    """The params a run really used: ``recipe: <name>`` merged over data/train (``longctx.recipes``).
+
+    Revisions from before recipes existed (or with a broken recipe) are read as they are.
+    """
+    try:
+        from longctx.recipes import apply_recipe
+    except ImportError:
+        return params
+    try:
+        return apply_recipe(params)
+    except ValueError:
+        return params
+
+
 def training_budget(params: dict) -> int | None:
-    """Fine-tuning sequences seen: train.steps x train.batch_size x train.grad_accum (missing -> 1).
+    """Fine-tuning sequences seen: train.steps x train.batch_size x train.grad_accum (missing -> 1),
+    read from ``params`` as the run used them (:func:`with_recipe`).
 
     None when the row's params have no ``train.steps`` (e.g. a pre-pipeline commit).
     """
+    params = with_recipe(params)
     steps = _lookup(params, "train.steps")
     if steps is None:
         return None
@@ -117,6 +134,7 @@ def _row(entry: dict, kind: str, baseline: str | None, state: str | None, metric
     rev = entry.get("rev") or ""
     data = entry.get("data") or {}
     params = _file_data(data, "params", PARAMS_FILE) or {}
+    used = with_recipe(params)
     summary = _file_data(data, "metrics", metrics_file)
     if kind == "workspace":
         name = "workspace"
@@ -129,7 +147,7 @@ def _row(entry: dict, kind: str, baseline: str | None, state: str | None, metric
         "kind": kind,
         "baseline": baseline,
         "state": state,  # experiments only: DVC executor state (queued, running, failed, ...) or None
-        "params": {k: _lookup(params, k) for k in param_keys},
+        "params": {k: _lookup(used, k) for k in param_keys},
         "budget": training_budget(params),
         "target_length": _lookup(params, "target_length"),
         "metrics": metrics,
@@ -459,7 +477,8 @@ def render_markdown(rows: list[dict], plots: dict[str, str] | None = None, sourc
     cols = columns(ranked)
     best = best_values(ranked, cols)
     ref = base_reference(ranked, cols)
-    param_keys = list(ranked[0]["params"]) if ranked else list(PARAM_COLUMNS)
+    param_keys = [k for k in (ranked[0]["params"] if ranked else PARAM_COLUMNS)
+                  if k != "recipe" or any(r["params"].get("recipe") not in (None, "none") for r in ranked)]
     window = native_window(ranked)
 
     lines = [

@@ -213,6 +213,13 @@ def test_training_budget():
     assert training_budget({"method": "pi"}) is None
 
 
+def test_training_budget_reads_the_recipe():
+    pytest.importorskip("longctx.recipes")
+    params = {"recipe": "paper", "recipes": {"paper": {"train": {"steps": 100, "grad_accum": 32}}},
+              "train": {"steps": 10, "batch_size": 1, "grad_accum": 1}}
+    assert training_budget(params) == 3200  # the recipe's steps x grad_accum, not train.steps
+
+
 def _experiment(root, method, steps, scores, native=4096, target=8192):
     """A folder with params.yaml and metrics/summary.json as the pipeline writes them (n = 50 per cell)."""
     per = {"base": {"info.native_window": native}, "extended": {"info.native_window": native}}
@@ -267,3 +274,62 @@ def test_wilson_is_within_unit_interval_everywhere():
         for k in range(n + 1):
             lo, hi = wilson_interval(k, n)
             assert 0.0 <= lo <= k / n <= hi <= 1.0 and not math.isnan(lo + hi)
+
+
+# --------------------------------------------------------------------------- end to end on a tiny model
+
+
+def test_many_samples_past_the_target_with_intervals(tmp_path):
+    """Passkey with distractors at lengths up to 4x the tiny model's window, 6 samples per cell batched 3 at a
+    time: every cell gets its interval and sample count, and aggregate adds the effective length."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from longctx.aggregate import aggregate
+    from longctx.evaluation.suite import evaluate_model, make_eval_samples
+    from longctx.params import EvalParams, build
+    from tests.conftest import tiny_llama_config
+
+    tok = build_tokenizer()
+    ep = build(EvalParams, {"lengths": [512, 1024, 2048], "seed": 1, "batch_size": 3, "greedy_check": 0,
+                            "passkey": {"depths": [0.25, 0.75], "samples": 3, "lengths": None, "distractors": 2},
+                            "perplexity": {"enabled": False}}, "eval")
+    samples = make_eval_samples(tok, ep)
+    assert len(samples) == 3 * 2 * 3 and all(len(s.meta["distractors"]) == 2 for s in samples)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=len(tok), max_position_embeddings=512)).eval()
+    metrics = evaluate_model(model, samples, ep, tokenizer=tok)
+    for n in (512, 1024, 2048):
+        assert metrics[f"passkey.{n}.n"] == 6 and metrics[f"passkey.{n}.d0.25.n"] == 3
+        k = round(metrics[f"passkey.{n}"] * 6)
+        assert (metrics[f"passkey.{n}.lo"], metrics[f"passkey.{n}.hi"]) == tuple(round(v, 4) for v in wilson_interval(k, 6))
+    metrics["info.native_window"] = 512
+    atomic_write_json(tmp_path / "eval_base.json", metrics)
+    atomic_write_json(tmp_path / "eval_extended.json", metrics)
+    summary = aggregate(tmp_path, tmp_path / "plots")
+    threshold = summary["passkey.threshold"]
+    assert threshold == round(0.9 * metrics["passkey.512"], 4)
+    assert summary["passkey.effective_length.extended"] == effective_length(
+        {n: metrics[f"passkey.{n}"] for n in (512, 1024, 2048)}, threshold)
+
+
+def test_report_cli_joins_saved_exp_show_json(tmp_path):
+    """tools/report.py --exp-json: `dvc exp show --json` saved by two GPU-host calls, joined into one report."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    runs = [_experiment(tmp_path / "runs", m, 0, [1.0, 1.0, 0.9, 0.5]) for m in ("yarn", "pose")]
+    files = []
+    for i, entry in enumerate(summaries_as_show(runs)):
+        entry.pop("folder")
+        entry["rev"] = f"{i}" * 40
+        files.append(tmp_path / f"call{i}.json")
+        files[-1].write_text(json.dumps([entry]))
+    spec = importlib.util.spec_from_file_location("report_cli", Path(__file__).parents[1] / "tools" / "report.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    cli.main(["--exp-json", *map(str, files), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| yarn-0 | 0000000 | yarn |" in md and "| pose-0 | 1111111 | pose |" in md
+    assert "`call0.json`, `call1.json`" in md

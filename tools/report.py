@@ -4,9 +4,12 @@
     python tools/report.py --all-commits           # every commit and its experiments
     python tools/report.py --rev main --rev my-branch --out docs/report
     python tools/report.py --summaries runs/*/      # folders with params.yaml + metrics/summary.json
+    python tools/report.py --exp-json a.json b.json # saved `dvc exp show --json` outputs, joined
 """
 
 import argparse
+import json
+from pathlib import Path
 
 from longctx.report import METRICS_FILE, summaries_as_show, write_report
 
@@ -27,11 +30,17 @@ def main(argv=None) -> None:
     p.add_argument("--metrics-file", default=METRICS_FILE)
     p.add_argument("--summaries", nargs="+", metavar="DIR", default=None,
                    help="experiment folders (params.yaml + metrics file each) instead of `dvc exp show`")
+    p.add_argument("--exp-json", nargs="+", metavar="FILE", default=None,
+                   help="saved `dvc exp show --json` outputs (e.g. from several GPU-host runs), joined")
     a = p.parse_args(argv)
+    show, source = None, None
+    if a.summaries:
+        show, source = summaries_as_show(a.summaries, a.metrics_file), f"{len(a.summaries)} experiment folders"
+    elif a.exp_json:
+        show = [entry for f in a.exp_json for entry in json.loads(Path(f).read_text())]
+        source = "dvc exp show --json saved in " + ", ".join(f"`{Path(f).name}`" for f in a.exp_json)
     report = write_report(a.out, a.repo, a.revs, a.all_commits, a.all_branches, a.all_tags,
-                          a.include_workspace, a.metrics_file,
-                          show=summaries_as_show(a.summaries, a.metrics_file) if a.summaries else None,
-                          source=f"{len(a.summaries)} experiment folders" if a.summaries else None)
+                          a.include_workspace, a.metrics_file, show=show, source=source)
     print(f"report: {report}")
 
 
