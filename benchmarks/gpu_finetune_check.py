@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from longctx.modeling import make_extended_model  # noqa: E402
 from longctx.params import TrainParams  # noqa: E402
-from longctx.train import finetune  # noqa: E402
+from longctx.training import finetune  # noqa: E402
 
 
 def main():

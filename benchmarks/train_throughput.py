@@ -8,7 +8,7 @@ Run on the GPU host from the repo root (no dvc/dvclive needed):
 Setups (each at every length, ascending, until it runs out of memory):
 - ``baseline``: plain transformers model, bf16 weights, SDPA, AdamW, full fine-tuning, no gradient
   checkpointing, the model's own loss (full logits), batch 1.
-- ``ours_*``: ``longctx.maxlen.build_step`` (the same setup as ``longctx.train.finetune``: float32 master
+- ``ours_*``: ``longctx.maxlen.build_step`` (the same setup as ``longctx.training.finetune``: float32 master
   weights under bf16 autocast) with the ``train`` keys in ``SETUPS``: ``ours_full`` / ``ours_lora`` are the
   fast setup (selective checkpointing, fused CE, Liger, SDPA on FlashAttention-4); ``ours_full_cudnn`` the
   same on cuDNN attention; ``ours_full_lowmem`` checkpoints every layer whole, for the longest lengths;

@@ -5,7 +5,7 @@ last length that fitted and the first that did not, down to ``granularity`` toke
 freed between tries. The step function is injected, so the search is testable without a GPU;
 ``build_step`` makes the real one from the project's training setup (``TrainParams``: LoRA or
 full, gradient checkpointing, fused CE, Liger, SDPA backend, attention kernel; the same bf16 autocast over float32
-master weights as ``longctx.train.finetune``).
+master weights as ``longctx.training.finetune``).
 """
 
 from __future__ import annotations
@@ -98,7 +98,9 @@ def build_step(model_dir: str | Path, tp: TrainParams, dtype: str = "auto", devi
     """
     from longctx.kernels import sdpa_backend
     from longctx.modeling import load_model, pick_device, read_extension
-    from longctx.train import LossFn, batch_inputs, trainable_model
+    from longctx.training.batching import batch_inputs
+    from longctx.training.loss import LossFn
+    from longctx.training.optim import trainable_model
 
     device = torch.device(device) if device is not None else pick_device()
     autocast = device.type == "cuda" and dtype == "auto"

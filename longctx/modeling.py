@@ -196,3 +196,25 @@ def make_extended_model(base_dir: Path, out_dir: Path, method: str, method_param
         config.save_pretrained(tmp)
         atomic_write_json(tmp / EXTENSION_FILE, ext.to_dict())
     return ext
+
+
+# What the finetune stage wrote (next to load_model so evaluation does not import training).
+FINETUNE_FILE = "finetune.json"  # {"mode": "lora" | "full" | "none", "steps", "method"}
+
+
+def load_finetuned(finetuned_dir: Path, extended_dir: Path, dtype: str = "auto", device=None):
+    """The fine-tuned model ready for evaluation: extended model, plus the merged adapter or full weights."""
+    finetuned_dir, extended_dir = Path(finetuned_dir), Path(extended_dir)
+    info_file = finetuned_dir / FINETUNE_FILE
+    if not info_file.exists():
+        raise FileNotFoundError(f"{info_file}: missing; run the finetune stage first")
+    info = json.loads(info_file.read_text())
+    if info["mode"] == "full":
+        return load_model(finetuned_dir, dtype=dtype, device=device)
+    model = load_model(extended_dir, dtype=dtype, device=device)
+    if info["mode"] == "lora":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, finetuned_dir).merge_and_unload().eval()
+        verify_rope(model, read_extension(extended_dir))
+    return model

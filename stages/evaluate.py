@@ -5,9 +5,8 @@ from longctx.evaluation.samples import load_samples
 from longctx.evaluation.suite import evaluate_model
 from longctx.io import atomic_write_json
 from longctx.methods import warn_eval_beyond_support
-from longctx.modeling import load_model, load_tokenizer, native_record, read_extension
+from longctx.modeling import load_finetuned, load_model, load_tokenizer, native_record, read_extension
 from longctx.params import stage_params
-from longctx.train import load_finetuned
 
 if __name__ == "__main__":
     args = stage_args(__doc__, {"model": "model folder (base or extended)",

@@ -132,7 +132,7 @@ def test_training_curves_are_declared_outputs(base_dir, tmp_path):  # noqa: F811
     pytest.importorskip("dvclive")
     from longctx.modeling import make_extended_model
     from longctx.params import TrainParams
-    from longctx.train import finetune
+    from longctx.training import finetune
     from tests.test_train import write_sft
 
     stage = STAGES["finetune"]

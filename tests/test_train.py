@@ -9,10 +9,12 @@ import torch
 from transformers import LlamaForCausalLM
 
 from longctx.methods import build_extension
-from longctx.modeling import make_extended_model
+from longctx.modeling import load_finetuned, make_extended_model
 from longctx.params import LoraParams, TrainParams
-from longctx.train import (SampleOrder, batch_inputs, finetune, load_finetuned, method_position_ids,
-                           micro_batch_slots, read_sft, train_fingerprint)
+from longctx.training import finetune
+from longctx.training.batching import batch_inputs, method_position_ids, read_sft
+from longctx.training.checkpoint import train_fingerprint
+from longctx.training.sampler import SampleOrder, micro_batch_slots
 from tests.conftest import tiny_llama_config
 from tests.test_modeling import base_dir  # noqa: F401  (module fixture: a tiny materialised base model)
 
@@ -166,8 +168,14 @@ def test_interrupted_and_resumed_equals_uninterrupted(mode, base_dir, tmp_path):
     assert sorted(p.name for p in ck.iterdir()) == ["step_2", "step_3"]  # scheduled at 2, Ctrl-C at 3, keep 2
     state = json.loads((ck / "step_3" / "trainer_state.json").read_text())
     assert state["step"] == 3 and state["cursor"] == 3 * 2 and len(state["losses"]) == 3
+    from safetensors.torch import load_file
+
+    stored = load_file(ck / "step_3" / "trainable.safetensors")
     if mode == "lora":  # adapter only, not the frozen base weights
-        assert not list((ck / "step_3").glob("model*.safetensors"))
+        assert stored and all("lora_" in k for k in stored)
+    else:
+        assert any("embed_tokens" in k for k in stored)
+    assert not list((ck / "step_3").glob("*.pkl")) and not list((ck / "step_3").glob("*.bin"))  # no pickle
 
     resumed_steps = []
     summary = finetune(ext_dir, sft, tmp_path / "out", tp, dtype="float32", checkpoint_dir=ck,
@@ -231,7 +239,7 @@ RUNNER = '''
 import json, sys
 from pathlib import Path
 from longctx.params import build, TrainParams
-from longctx.train import finetune
+from longctx.training import finetune
 
 ext_dir, sft, out, ck, tp_json, result = sys.argv[1:7]
 tp = build(TrainParams, json.loads(tp_json), "train")
@@ -320,7 +328,7 @@ def test_accelerate_configs_parse():
 
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_fused_ce_equals_model_loss(with_bias):
-    from longctx.train import LossFn, fused_causal_lm_loss
+    from longctx.training.loss import LossFn, fused_causal_lm_loss
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_llama_config(tie_word_embeddings=False)).train()
