@@ -137,6 +137,18 @@ def _tiny_run_setup(base_dir, tmp_path, method="yarn", n=6):  # noqa: F811
     return ext_dir, sft
 
 
+def interrupt_after(step_k, ext_dir, sft, out, tp, ck, losses=None):
+    """finetune with a KeyboardInterrupt at the boundary after step ``step_k`` (what Ctrl-C does there)."""
+    def on_step(step, loss):
+        if losses is not None:
+            losses.append(loss)
+        if step == step_k:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(ext_dir, sft, out, tp, dtype="float32", checkpoint_dir=ck, on_step=on_step)
+
+
 def _weights(out, ext_dir):
     model = load_finetuned(out, ext_dir, dtype="float32", device="cpu")
     return {k: v.clone() for k, v in model.state_dict().items()}
@@ -156,14 +168,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(mode, base_dir, tmp_path):
 
     ck = tmp_path / "ck"
     losses = []
-
-    def stop_at_3(step, loss):
-        losses.append(loss)
-        if step == 3:
-            raise KeyboardInterrupt  # what Ctrl-C does at a step boundary
-
-    with pytest.raises(KeyboardInterrupt):
-        finetune(ext_dir, sft, tmp_path / "out", tp, dtype="float32", checkpoint_dir=ck, on_step=stop_at_3)
+    interrupt_after(3, ext_dir, sft, tmp_path / "out", tp, ck, losses)
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in ck.iterdir()) == ["step_2", "step_3"]  # scheduled at 2, Ctrl-C at 3, keep 2
     state = json.loads((ck / "step_3" / "trainer_state.json").read_text())
@@ -194,13 +199,7 @@ def test_incompatible_checkpoint_is_not_resumed(base_dir, tmp_path):  # noqa: F8
     tp = TrainParams(steps=3, mode="lora", seq_len=32, checkpoint_every=1,
                      lora=LoraParams(r=4, alpha=8, target_modules=["q_proj"]))
     ck = tmp_path / "ck"
-
-    def stop_at_2(step, loss):
-        if step == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        finetune(ext_dir, sft, tmp_path / "out", tp, dtype="float32", checkpoint_dir=ck, on_step=stop_at_2)
+    interrupt_after(2, ext_dir, sft, tmp_path / "out", tp, ck)
     assert [p.name for p in sorted(ck.iterdir())] == ["step_1", "step_2"]
     steps = []
     tp2 = dataclasses.replace(tp, lr=2e-4)  # other params: the old checkpoints mean nothing
@@ -241,14 +240,24 @@ from pathlib import Path
 from longctx.params import build, TrainParams
 from longctx.training import finetune
 
-ext_dir, sft, out, ck, tp_json, result = sys.argv[1:7]
+ext_dir, sft, out, ck, tp_json, result, stop_at = sys.argv[1:8]
 tp = build(TrainParams, json.loads(tp_json), "train")
 losses = []
-finetune(Path(ext_dir), Path(sft), Path(out), tp, dtype="float32", checkpoint_dir=Path(ck),
-         on_step=lambda step, loss: losses.append(loss))
+
+def on_step(step, loss):
+    losses.append(loss)
+    if step == int(stop_at):  # Ctrl-C at this step boundary, on every process
+        raise KeyboardInterrupt
+
+try:
+    finetune(Path(ext_dir), Path(sft), Path(out), tp, dtype="float32", checkpoint_dir=Path(ck), on_step=on_step)
+    interrupted = False
+except KeyboardInterrupt:
+    interrupted = True
 from accelerate import PartialState
 if PartialState().is_main_process:
-    Path(result).write_text(json.dumps({"losses": losses, "num_processes": PartialState().num_processes}))
+    Path(result).write_text(json.dumps({"losses": losses, "num_processes": PartialState().num_processes,
+                                        "interrupted": interrupted}))
 '''
 
 
@@ -260,7 +269,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _launch(tmp_path, name, ext_dir, sft, tp: dict, config=None):
+def _launch(tmp_path, name, ext_dir, sft, tp: dict, config=None, stop_at=0):
     import os
     import subprocess
     import sys
@@ -270,7 +279,7 @@ def _launch(tmp_path, name, ext_dir, sft, tp: dict, config=None):
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
     result = tmp_path / f"{name}.json"
-    args = [str(ext_dir), str(sft), str(tmp_path / name), str(tmp_path / f"ck_{name}"), json.dumps(tp), str(result)]
+    args = [str(ext_dir), str(sft), str(tmp_path / name), str(tmp_path / f"ck_{name}"), json.dumps(tp), str(result), str(stop_at)]
     if config:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(root / config),
                "--main_process_port", str(_free_port()), str(script), *args]
@@ -295,6 +304,26 @@ def test_two_processes_match_one(base_dir, tmp_path):  # noqa: F811
     a, b = _weights(tmp_path / "two", ext_dir), _weights(tmp_path / "one", ext_dir)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_two_processes_interrupted_and_resumed_equals_uninterrupted(base_dir, tmp_path):  # noqa: F811
+    """Under DDP (gloo) a checkpoint holds every process's RNG (LoRA dropout differs per process) and the
+    resumed run ends where an uninterrupted one does."""
+    ext_dir, sft = _tiny_run_setup(base_dir, tmp_path)
+    tp = {"steps": 4, "mode": "lora", "seq_len": 32, "lr": 1e-3, "scheduler": "cosine", "checkpoint_every": 2,
+          "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}}
+    cfg = "configs/accelerate/cpu_2proc.yaml"
+    ref = _launch(tmp_path, "ref", ext_dir, sft, tp, config=cfg)
+    first = _launch(tmp_path, "two", ext_dir, sft, tp, config=cfg, stop_at=3)
+    ck = tmp_path / "ck_two"
+    assert first["interrupted"] and sorted(p.name for p in ck.iterdir()) == ["step_2", "step_3"]
+    assert sorted(p.name for p in (ck / "step_3").glob("rng_*")) == ["rng_0.safetensors", "rng_1.safetensors"]
+    second = _launch(tmp_path, "two", ext_dir, sft, tp, config=cfg)
+    assert not second["interrupted"] and second["num_processes"] == 2
+    assert first["losses"] + second["losses"] == pytest.approx(ref["losses"], abs=1e-6)
+    a, b = _weights(tmp_path / "ref", ext_dir), _weights(tmp_path / "two", ext_dir)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
 # ------------------------------------------------------------------------------------------------

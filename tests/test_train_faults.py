@@ -20,7 +20,7 @@ from longctx.training.checkpoint import OPTIMIZER_FILE, STATE_FILE, train_finger
 from longctx.training.finite import NonFiniteError, check_finite, global_norm
 from longctx.training.signals import StopSignals
 from tests.test_modeling import base_dir  # noqa: F401  (module fixture: a tiny materialised base model)
-from tests.test_train import _tiny_run_setup, _weights
+from tests.test_train import _tiny_run_setup, _weights, interrupt_after
 
 ROOT = Path(__file__).resolve().parents[1]
 LORA = LoraParams(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"])
@@ -95,16 +95,6 @@ def test_check_finite_names_the_first_bad_quantity():
 # Unreadable checkpoints are set aside; the previous one (or a fresh start) is used
 # ------------------------------------------------------------------------------------------------
 
-def _interrupt_at_3(ext_dir, sft, tp, out, ck):
-    def stop_at_3(step, loss):
-        if step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        finetune(ext_dir, sft, out, tp, dtype="float32", checkpoint_dir=ck, on_step=stop_at_3)
-    assert sorted(p.name for p in ck.iterdir()) == ["step_2", "step_3"]
-
-
 def _truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -124,7 +114,8 @@ def test_unreadable_checkpoint_is_set_aside_and_previous_resumed(damage, base_di
     tp = TrainParams(steps=5, mode="lora", seq_len=32, batch_size=2, lr=1e-3, checkpoint_every=2, lora=LORA)
     ref = finetune(ext_dir, sft, tmp_path / "ref", tp, dtype="float32", checkpoint_dir=tmp_path / "ck_ref")
     ck = tmp_path / "ck"
-    _interrupt_at_3(ext_dir, sft, tp, tmp_path / "out", ck)
+    interrupt_after(3, ext_dir, sft, tmp_path / "out", tp, ck)
+    assert sorted(p.name for p in ck.iterdir()) == ["step_2", "step_3"]
     DAMAGE[damage](ck / "step_3")
     steps = []
     summary = finetune(ext_dir, sft, tmp_path / "out", tp, dtype="float32", checkpoint_dir=ck,
@@ -143,13 +134,7 @@ def test_only_checkpoint_unreadable_starts_from_scratch(base_dir, tmp_path):  # 
     ext_dir, sft = _tiny_run_setup(base_dir, tmp_path)
     tp = TrainParams(steps=3, mode="full", seq_len=32, lr=1e-3, lora=LORA)
     ck = tmp_path / "ck"
-
-    def stop_at_2(step, loss):
-        if step == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        finetune(ext_dir, sft, tmp_path / "out", tp, dtype="float32", checkpoint_dir=ck, on_step=stop_at_2)
+    interrupt_after(2, ext_dir, sft, tmp_path / "out", tp, ck)
     _truncate(ck / "step_2" / OPTIMIZER_FILE)
     (ck / "unreadable_step_2").mkdir()  # an earlier set-aside one is not overwritten
     steps = []
@@ -203,7 +188,8 @@ def test_doctored_safetensors_checkpoint_is_refused(base_dir, tmp_path):  # noqa
     ext_dir, sft = _tiny_run_setup(base_dir, tmp_path)
     tp = TrainParams(steps=4, mode="lora", seq_len=32, checkpoint_every=1, lora=LORA)
     ck = tmp_path / "ck"
-    _interrupt_at_3(ext_dir, sft, tp, tmp_path / "out", ck)
+    interrupt_after(3, ext_dir, sft, tmp_path / "out", tp, ck)
+    assert sorted(p.name for p in ck.iterdir()) == ["step_2", "step_3"]
     marker = tmp_path / "PWNED"
     for name in (OPTIMIZER_FILE, "trainable.safetensors", "rng_0.safetensors"):
         torch.save({"x": _Payload(marker)}, ck / "step_3" / name)
