@@ -73,7 +73,7 @@ SHAPES: dict[str, dict] = {
     # Not a real model: a 2-layer Llama for CPU tests of the shape path.
     "tiny": dict(
         model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=256, max_position_embeddings=256, rms_norm_eps=1e-5,
+        num_key_value_heads=2, vocab_size=256, max_position_embeddings=2048, rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False),
 }
 

@@ -81,7 +81,7 @@ def test_config_only_folder_through_extend_and_load(tmp_path):
     record = shapes.materialize_shape("shape:tiny", base, seed=7, tokenizer=_word_tokenizer())
     assert not any(f.suffix in (".safetensors", ".bin") for f in base.iterdir())
     assert shapes.has_random_weights(base)
-    assert record["native_window"] == 256 and record["source"] == "shape:tiny"
+    assert record["native_window"] == 2048 and record["source"] == "shape:tiny"
     assert json.loads((base / "shape.json").read_text())["seed"] == 7
 
     m1 = load_model(base, dtype="float32", device="cpu")
@@ -91,7 +91,7 @@ def test_config_only_folder_through_extend_and_load(tmp_path):
         assert torch.equal(m1.state_dict()[k], v) and torch.equal(m2.state_dict()[k], v), k
 
     ext_dir = tmp_path / "extended"
-    make_extended_model(base, ext_dir, "yarn", {}, 1024)
+    make_extended_model(base, ext_dir, "yarn", {}, 8192)
     assert shapes.has_random_weights(ext_dir)  # the marker travels with the config-only files
     ext = load_model(ext_dir, dtype="float32", device="cpu")  # verify_rope runs inside
     assert ext.config.rope_parameters["rope_type"] == "yarn"

@@ -1,0 +1,455 @@
+"""Real scale on one GPU: this project's setups against the plain baseline, same shape, same run (issue 14).
+
+Random bf16 weights of a real shape (``longctx.shapes``; speed and memory do not depend on weight values).
+Parts (``--parts``, comma-separated), each printing one JSON line per measurement and appending it to ``--out``:
+
+- ``lora``: LoRA r=16 on all linear layers, batch 1, one optimizer step per timed step, at ``--lora-lengths``.
+  * ``baseline``: exactly ``shared/measurements/baseline_8b.py``: transformers + PEFT (adapters float32, PEFT's
+    default), bf16 frozen weights, SDPA in PyTorch's default order, AdamW, gradient checkpointing on every
+    layer (non-reentrant), the model's own loss over full logits.
+  * ``ours``: ``longctx.train.trainable_model`` (the finetune stage's setup) with Liger RMSNorm/SwiGLU, the fused
+    linear cross-entropy (``LossFn(fused=True, liger=True)``), SDPA on cuDNN attention, bf16 autocast over
+    float32 LoRA adapters (PEFT's input up-cast switched off, so no float32 copies of activations), and
+    *partial* checkpointing: the last ``n`` decoder layers keep all their activations, the others use
+    selective checkpointing (everything recomputed but the attention kernel). ``n`` is the largest of
+    ``--plain-layers`` that fits at that length (tried in order; an out-of-memory try moves to the next).
+- ``prefill``: one forward (last-token logits, no cache) at ``--prefill-lengths`` for the plain model (baseline:
+  the published config, SDPA) and for methods none / yarn / entropy_abf / selfextend built by
+  ``longctx.methods.build_extension`` for ``--target`` tokens and applied with ``longctx.modeling.extend_model``.
+- ``decode``: greedy decode tokens/s after a ``--decode-prefill`` token prefill (KV cache), plain vs SelfExtend.
+- ``maxlen``: the longest LoRA sequence: ours with checkpointing on every layer (``--maxlen-ckpt``) at
+  ``--maxlen-lengths`` (one step each, the first timed), and the same setup on a ONE-layer model of the same
+  widths at ``--layer-lengths``; ``predict`` in the JSON gives the 32-layer peak derived from it.
+- ``full1b``: full fine-tuning of ``--full-shape``: baseline (bf16 weights and AdamW states, checkpointing on,
+  model's own loss) against ours (``trainable_model`` mode full: float32 master weights under bf16 autocast,
+  selective checkpointing, Liger, fused CE, cuDNN) at ``--full-lengths``.
+
+MFU: model FLOPs 6*N*T + 6*L*h*T^2 per training step (2*N*T + 2*L*h*T^2 per forward), N non-embedding
+parameters, LoRA credited as full, recomputation not counted (the baseline script's convention), against
+790 TFLOP/s (the H200's measured dense bf16 matmul rate on random data).
+
+Usage (GPU host): python benchmarks/scale_8b.py --parts lora,prefill,decode --out $OUT/scale.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from longctx import shapes  # noqa: E402
+
+PEAK = 790e12
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+OUT = None
+DEVICE = "cuda"  # "cpu" only for --smoke (the tiny shape, to check the script without a GPU)
+
+
+def emit(**row):
+    print(json.dumps(row), flush=True)
+    if OUT:
+        with open(OUT, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def gib(x: int) -> float:
+    return round(x / 2**30, 1)
+
+
+def non_embedding(cfg) -> int:
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        m = AutoModelForCausalLM.from_config(cfg)
+    skip = {id(p) for p in (m.get_input_embeddings().weight, m.get_output_embeddings().weight)}
+    return sum(p.numel() for p in m.parameters() if id(p) not in skip)
+
+
+def train_flops(cfg, n, T):
+    return 6 * n * T + 6 * cfg.num_hidden_layers * cfg.hidden_size * T * T
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak():
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak() -> int:
+    return torch.cuda.max_memory_allocated() if DEVICE == "cuda" else 0
+
+
+def free():
+    import gc
+
+    gc.collect()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def ids_of(cfg, T, seed=0):
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    return torch.randint(0, cfg.vocab_size, (1, T), device=DEVICE, generator=g)
+
+
+def time_steps(step, T, warmup, repeats):
+    """Seconds per step (after ``warmup`` steps; the peak memory covers all of them)."""
+    reset_peak()
+    for _ in range(warmup):
+        step(T)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        step(T)
+    sync()
+    return (time.perf_counter() - t0) / repeats, peak()
+
+
+# --------------------------------------------------------------------------------------------- setups
+
+def baseline_lora(cfg):
+    """shared/measurements/baseline_8b.py's training setup, verbatim."""
+    from peft import LoraConfig, get_peft_model
+
+    model = shapes.random_model(cfg, DEVICE, torch.bfloat16, attn_implementation="sdpa")
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    lm = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS))
+    opt = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(T):
+        ids = ids_of(cfg, T)
+        loss = lm(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step.model = lm
+    return step
+
+
+def baseline_full(cfg):
+    """The same hand-written loop for full fine-tuning: bf16 weights and AdamW states, checkpointing on."""
+    model = shapes.random_model(cfg, DEVICE, torch.bfloat16, attn_implementation="sdpa")
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step(T):
+        ids = ids_of(cfg, T)
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step.model = model
+    return step
+
+
+LIGER, BACKEND = [True], ["cudnn"]  # set from the command line
+
+
+def ours(cfg, mode="lora", ckpt="selective", plain_layers=0):
+    """The finetune stage's setup (``longctx.train.trainable_model`` + ``LossFn``) on a random model of ``cfg``."""
+    from longctx.kernels import sdpa_backend
+    from longctx.params import TrainParams, build
+    from longctx.train import LossFn, trainable_model
+
+    liger, backend = LIGER[0], BACKEND[0]
+    tp = build(TrainParams, {"mode": mode, "lr": 1e-4, "gradient_checkpointing": ckpt, "fused_ce": True,
+                             "liger": liger, "sdpa_backend": backend,
+                             "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": TARGETS}}, "ours")
+    # LoRA: frozen weights in bf16 (float32 copies of 7B frozen weights would only be cast back), adapters
+    # float32 (PEFT's default); full: float32 master weights, as the finetune stage loads them.
+    dtype = torch.bfloat16 if mode == "lora" else torch.float32
+    model = shapes.random_model(cfg, DEVICE, dtype, attn_implementation="sdpa")
+    model, _, opt = trainable_model(model, tp)
+    layers = model.get_base_model().model.layers if mode == "lora" else model.model.layers
+    for layer in list(layers)[len(layers) - plain_layers:] if plain_layers else []:
+        layer.gradient_checkpointing = False
+    if mode == "lora":  # autocast runs the adapters in bf16; PEFT's x.to(float32) would copy each input
+        for m in model.modules():
+            if hasattr(m, "lora_A"):
+                m.cast_input_dtype_enabled = False
+    loss_fn = LossFn(model, fused=True, liger=liger)
+
+    def step(T):
+        ids = ids_of(cfg, T)
+        batch = {"input_ids": ids, "labels": ids, "use_cache": False}
+        with sdpa_backend(backend):
+            with torch.autocast(DEVICE, dtype=torch.bfloat16):
+                loss = loss_fn(model, batch)
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step.model = model
+    return step
+
+
+# --------------------------------------------------------------------------------------------- parts
+
+def part_lora(args, cfg, n):
+    for T in args.lora_lengths:
+        for setup in ("baseline", "ours"):
+            tries = [None] if setup == "baseline" else args.plain_layers
+            for plain in tries:
+                free()
+                step = None
+                try:
+                    step = baseline_lora(cfg) if setup == "baseline" else ours(cfg, plain_layers=plain)
+                    s, peak = time_steps(step, T, 1, args.repeats)
+                    emit(part="lora", setup=setup, length=T, plain_layers=plain, s_per_step=round(s, 3),
+                         tok_s=round(T / s), mfu=round(train_flops(cfg, n, T) / s / PEAK, 3), peak_gib=gib(peak))
+                    if args.profile_lora and T == args.lora_lengths[-1]:
+                        profile_step(step, T, f"{setup} LoRA")
+                    break
+                except Exception as e:  # noqa: BLE001
+                    if not is_oom(e):
+                        raise
+                    emit(part="lora", setup=setup, length=T, plain_layers=plain, result="oom")
+                finally:
+                    del step
+                    free()
+
+
+    if DEVICE == "cuda":  # which kernel SDPA runs for this shape (probed after the steps, see train_throughput)
+        from train_throughput import attention_kernel
+
+        for backend in ("auto", BACKEND[0]):
+            emit(part="lora", sdpa_backend=backend, attention_kernel=attention_kernel(backend, cfg))
+
+
+def profile_step(step, T, label):
+    """One profiled step: the top device ops, the line RESULTS quotes for what limits a row."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA if DEVICE == "cuda" else ProfilerActivity.CPU]) as prof:
+        step(T)
+        sync()
+    events = prof.key_averages()
+    total = sum(e.self_device_time_total for e in events) / 1e6
+    print(f"profile {label} at {T}: device busy {total:.3f} s")
+    print(events.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=70))
+
+
+def _extension(method, cfg, target):
+    """The method's extension of the shape's published config (``cfg`` itself, never the extended model's)."""
+    from longctx.base_model import native_window, rope_theta
+    from longctx.methods import build_extension
+    from longctx.modeling import head_dim
+
+    return build_extension(method, {}, target, native_window(cfg), rope_theta(cfg), head_dim(cfg))
+
+
+@torch.inference_mode()
+def forward_time(model, ids, warm_ids=None):
+    if warm_ids is not None:
+        model(input_ids=warm_ids, logits_to_keep=1, use_cache=False)
+    sync()
+    reset_peak()
+    t0 = time.perf_counter()
+    model(input_ids=ids, logits_to_keep=1, use_cache=False)
+    sync()
+    return time.perf_counter() - t0, peak()
+
+
+def part_prefill(args, cfg, n):
+    from longctx.modeling import extend_model
+
+    model = shapes.random_model(copy.deepcopy(cfg), DEVICE, torch.bfloat16, attn_implementation="sdpa")
+    warm = ids_of(cfg, 4096)
+    for method in ["plain"] + args.methods:
+        if method != "plain":
+            extend_model(model, _extension(method, cfg, args.target))
+        for i, T in enumerate(args.prefill_lengths):
+            free()
+            try:
+                s, peak = forward_time(model, ids_of(cfg, T), warm if i == 0 else None)
+                if i == 0 or method == "selfextend":  # again, after compilation (FlexAttention, per shape)
+                    s, peak = forward_time(model, ids_of(cfg, T))
+                f = 2 * n * T + 2 * cfg.num_hidden_layers * cfg.hidden_size * T * T
+                emit(part="prefill", method=method, length=T, s=round(s, 3), tok_s=round(T / s),
+                     mfu=round(f / s / PEAK, 3), peak_gib=gib(peak))
+            except Exception as e:  # noqa: BLE001
+                if not is_oom(e):
+                    raise
+                emit(part="prefill", method=method, length=T, result="oom")
+    del model
+    free()
+
+
+@torch.inference_mode()
+def part_decode(args, cfg, n):
+    from longctx.modeling import extend_model
+
+    model = shapes.random_model(copy.deepcopy(cfg), DEVICE, torch.bfloat16, attn_implementation="sdpa")
+    for method in ["none", "selfextend"]:
+        extend_model(model, _extension(method, cfg, args.target))
+        free()
+        ids = ids_of(cfg, args.decode_prefill)
+        sync()
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        sync()
+        prefill_s = time.perf_counter() - t0
+        past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        for _ in range(2):  # warm-up steps (kernel choice); they stay in the cache
+            out = model(input_ids=tok, past_key_values=past, use_cache=True)
+            past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(args.decode_tokens):
+            out = model(input_ids=tok, past_key_values=past, use_cache=True)
+            past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        sync()
+        s = time.perf_counter() - t0
+        emit(part="decode", method=method, prefill=args.decode_prefill, prefill_s=round(prefill_s, 3),
+             tokens=args.decode_tokens, decode_tok_s=round(args.decode_tokens / s, 1),
+             ms_per_token=round(1000 * s / args.decode_tokens, 2), peak_gib=gib(peak()))
+        if args.profile_decode:  # where a decode step's time goes, host and device
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+            with profile(activities=acts) as prof:
+                for _ in range(2):
+                    out = model(input_ids=tok, past_key_values=past, use_cache=True)
+                    past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                sync()
+            ev = prof.key_averages()
+            print(f"profile decode {method}: 2 steps")
+            print(ev.table(sort_by="self_device_time_total", row_limit=10, max_name_column_width=60))
+            print(ev.table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=60))
+        del out, past
+    del model
+    free()
+
+
+def _one_step(name, make, T, part, n, cfg, warmup=0, repeats=1, **extra):
+    free()
+    step = None
+    try:
+        step = make()
+        s, peak = time_steps(step, T, warmup, repeats)
+        emit(part=part, setup=name, length=T, s_per_step=round(s, 3), tok_s=round(T / s),
+             mfu=round(train_flops(cfg, n, T) / s / PEAK, 3), peak_gib=gib(peak), warm=warmup > 0, **extra)
+        return peak
+    except Exception as e:  # noqa: BLE001
+        if not is_oom(e):
+            raise
+        emit(part=part, setup=name, length=T, result="oom", **extra)
+        return None
+    finally:
+        del step
+        free()
+
+
+def part_maxlen(args, cfg, n):
+    for spec in args.maxlen_lengths.split(","):  # length:checkpointing:plain_layers
+        T, ckpt, plain = spec.split(":")
+        T, plain = int(T), int(plain)
+        _one_step(f"ours_lora_{ckpt}", lambda: ours(cfg, ckpt=ckpt, plain_layers=plain), T, "maxlen", n, cfg,
+                  plain_layers=plain)
+    ckpt = args.maxlen_ckpt
+    one = shapes.shape_config(args.shape, num_hidden_layers=1)
+    for T in args.layer_lengths:
+        peak = _one_step(f"ours_lora_{ckpt}_1layer", lambda: ours(one, ckpt=ckpt), T, "maxlen", n, one)
+        if peak is not None:
+            # 32 layers: the one-layer peak, plus the other layers' bf16 weights, plus what each checkpointed
+            # layer keeps until the backward pass (its input, T x hidden bf16)
+            per_layer_w = (non_embedding(cfg) - non_embedding(one)) / (cfg.num_hidden_layers - 1) * 2
+            keep = T * cfg.hidden_size * 2
+            predict = peak + (cfg.num_hidden_layers - 1) * (per_layer_w + keep)
+            emit(part="maxlen", setup=f"ours_lora_{ckpt}_predicted_{cfg.num_hidden_layers}layers", length=T,
+                 predicted_peak_gib=gib(predict), one_layer_peak_gib=gib(peak),
+                 kept_per_layer_gib=gib(keep), fits_141gb=predict < 139 * 2**30, fits_80gb=predict < 79 * 2**30)
+
+
+def part_full1b(args, _cfg, _n):
+    cfg = shapes.shape_config(args.full_shape)
+    n = non_embedding(cfg)
+    for T in args.full_lengths:
+        long = T > 131072
+        _one_step("baseline_full", lambda: baseline_full(cfg), T, "full1b", n, cfg,
+                  warmup=0 if long else 1, repeats=1 if long else args.repeats, shape=args.full_shape)
+        _one_step("ours_full", lambda: ours(cfg, mode="full", plain_layers=args.full_plain_layers), T, "full1b", n,
+                  cfg, warmup=0 if long else 1, repeats=1 if long else args.repeats, shape=args.full_shape,
+                  plain_layers=args.full_plain_layers)
+
+
+def ints(s):
+    return [int(x) for x in s.split(",") if x]
+
+
+def main():
+    global OUT, DEVICE
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="llama3.1-8b")
+    ap.add_argument("--parts", default="lora,prefill,decode")
+    ap.add_argument("--lora-lengths", type=ints, default=ints("16384,32768"))
+    ap.add_argument("--plain-layers", type=ints, default=ints("32,20,16,12,8,0"),
+                    help="decoder layers without checkpointing, tried in order until one fits")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--prefill-lengths", type=ints, default=ints("32768,65536,131072"))
+    ap.add_argument("--methods", default="none,yarn,entropy_abf,selfextend")
+    ap.add_argument("--target", type=int, default=131072, help="extension target length of the methods")
+    ap.add_argument("--decode-prefill", type=int, default=32768)
+    ap.add_argument("--decode-tokens", type=int, default=8)
+    ap.add_argument("--profile-decode", action="store_true")
+    ap.add_argument("--profile-lora", action="store_true", help="profile one step of each setup at the last length")
+    ap.add_argument("--maxlen-ckpt", default="full")
+    ap.add_argument("--maxlen-lengths", default="65536:selective:8,131072:full:0",
+                    help="length:gradient_checkpointing:plain_layers, comma-separated (one untimed-warm-up step each)")
+    ap.add_argument("--layer-lengths", type=ints, default=ints("262144,524288"))
+    ap.add_argument("--full-shape", default="llama3.2-1b")
+    ap.add_argument("--full-lengths", type=ints, default=ints("32768,131072"))
+    ap.add_argument("--full-plain-layers", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--backend", default="cudnn", help="SDPA backend of ours (longctx.kernels.SDPA_BACKENDS)")
+    ap.add_argument("--no-liger", dest="liger", action="store_false")
+    ap.add_argument("--smoke", action="store_true", help="tiny shape on the CPU: checks the script, measures nothing")
+    args = ap.parse_args()
+    args.methods = [m for m in args.methods.split(",") if m]
+    OUT = args.out
+    if args.smoke:  # the script's logic on the CPU: tiny shapes, no Triton/cuDNN kernels
+        DEVICE, args.shape, args.full_shape, args.liger, args.backend = "cpu", "tiny", "tiny", False, "auto"
+        args.target = 8192
+    elif not torch.cuda.is_available():
+        sys.exit("scale_8b: needs a CUDA GPU (or --smoke)")
+    LIGER[0], BACKEND[0] = args.liger, args.backend
+    import peft
+    import transformers
+
+    cfg = shapes.shape_config(args.shape)
+    n = non_embedding(cfg)
+    emit(device=torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu", torch=torch.__version__, transformers=transformers.__version__,
+         peft=peft.__version__, shape=args.shape, non_embedding_params=n, command=" ".join(sys.argv),
+         gpu_gib=gib(torch.cuda.get_device_properties(0).total_memory) if DEVICE == "cuda" else None)
+    parts = {"lora": part_lora, "prefill": part_prefill, "decode": part_decode, "maxlen": part_maxlen,
+             "full1b": part_full1b}
+    for p in args.parts.split(","):
+        t0 = time.perf_counter()
+        parts[p](args, cfg, n)
+        emit(part=p, done_s=round(time.perf_counter() - t0, 1))
+
+
+if __name__ == "__main__":
+    main()
