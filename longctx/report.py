@@ -432,6 +432,23 @@ def position_section(rows: list[dict]) -> list[str]:
             "tokens keeps the later spans low.", "", *_table(header, body, 1)]
 
 
+def lengthless_section(rows: list[dict]) -> list[str]:
+    """Scores without a length (LongBench tasks 0-100, greedy/teacher-forcing agreement), extended model."""
+    tasks = sorted({k.task for r in rows for k in r["metrics"] if k.length is None and k.model == "extended"
+                    and k.detail is None and k.stat is None and not k.task.startswith("info.")})
+    if not tasks:
+        return []
+    body = [[_cell(r["name"]), *(fmt_param(None if (v := get(r, t)) is None else round(v, 2)) for t in tasks)] for r in rows]
+    base = next((r for r in rows if any(get(r, t, model="base") is not None for t in tasks)), None)
+    if base:
+        body.append(["*base model*", *(fmt_param(None if (v := get(base, t, model="base")) is None else round(v, 2))
+                                       for t in tasks)])
+    return ["## Scores without a length", "",
+            "LongBench tasks (its official metric, 0–100, at `eval.longbench.max_length`); `check.greedy_agreement` = "
+            "fraction of checked answers where greedy decoding agrees with teacher-forced scoring.", "",
+            *_table(["experiment", *tasks], body, 1)]
+
+
 def efficiency_task(rows: list[dict]) -> str | None:
     """The task the data-efficiency outcome uses: passkey when it has an effective length, else the first that has."""
     tasks = [t for t in tasks_of(rows) if any(get(r, t, detail="effective_length") is not None for r in rows)]
@@ -498,6 +515,7 @@ def render_markdown(rows: list[dict], plots: dict[str, str] | None = None, sourc
             lines += [f"![{task_label(task)} by method]({plots[task]})", ""]
         if task not in LOWER_IS_BETTER:
             lines += depth_section(ranked, task, window)
+    lines += lengthless_section(ranked)
     lines += position_section(ranked)
     if POSITION_PLOT in plots.values():
         lines += [f"![perplexity by position]({POSITION_PLOT})", ""]

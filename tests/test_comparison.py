@@ -264,6 +264,22 @@ def test_report_data_efficiency_from_summaries(tmp_path):
     assert "## Perplexity by position (16384 tokens)" in md and "### passkey by needle depth" in md
 
 
+def test_report_covers_every_task(tmp_path):
+    """Tasks other than passkey/ppl get their own table; LongBench (no length) its own section."""
+    summary = {"needle.8192.extended": 0.5, "needle.8192.lo.extended": 0.3, "needle.8192.hi.extended": 0.7,
+               "needle.8192.n.extended": 20, "multikey.8192.extended": 0.25, "multikey.8192.base": 0.75,
+               "longbench.hotpotqa.extended": 31.456, "longbench.hotpotqa.base": 28.0,
+               "check.greedy_agreement.extended": 1.0, "info.native_window.extended": 4096}
+    show = [{"rev": "a" * 40, "name": "main", "error": None, "experiments": None,
+             "data": {"params": {"params.yaml": {"data": {"method": "yarn"}}},
+                      "metrics": {"metrics/summary.json": {"data": summary}}}}]
+    md = write_report(tmp_path, show=show).read_text()
+    assert "## needle accuracy" in md and "**50%** [30–70]" in md and "## multikey accuracy" in md
+    assert "## Scores without a length" in md and "| main | 1.0 | 31.46 |" in md and "| *base model* | — | 28.0 |" in md
+    assert "info.native_window" not in md
+    assert (tmp_path / "needle_by_method.png").exists() and (tmp_path / "multikey_by_method.png").exists()
+
+
 def test_summaries_as_show_names_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="params.yaml"):
         summaries_as_show([tmp_path])
