@@ -581,7 +581,9 @@ def plot_by_method(rows: list[dict], task: str, path: str | Path) -> bool:
         err = None
         if all(v is not None for v in los + his):
             err = [[y - lo for y, lo in zip(ys, los)], [hi - y for y, hi in zip(ys, his)]]
-        ax.errorbar(xs, ys, yerr=err, fmt="-", marker="osD^v<>ph*"[i % 10], capsize=3, label=_label(r))
+        dodge = 2 ** (0.025 * (i - (len(series) - 1) / 2))  # spread the error bars apart a little (log x)
+        ax.errorbar([x * dodge for x in xs], ys, yerr=err, fmt="-", marker="osD^v<>ph*"[i % 10], capsize=3,
+                    label=_label(r))
     _log2_lengths(ax, sorted({n for _, pts in series for n, _ in pts}))
     if task in LOWER_IS_BETTER:
         _log_ppl(ax)
@@ -652,7 +654,8 @@ def plot_data_efficiency(rows: list[dict], path: str | Path) -> bool:
     ax_ppl.set_title("perplexity past the target")
     if any(p is not None for pts in points.values() for _, _, p in pts):
         _log_ppl(ax_ppl)
-    ax_ppl.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    legend_ax = ax_ppl if ax_ppl.get_legend_handles_labels()[0] else ax_len
+    legend_ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     atomic_savefig(fig, path)
     return True
