@@ -169,7 +169,7 @@ LIGER, BACKEND = [True], ["cudnn"]  # set from the command line
 
 def ours(cfg, mode="lora", ckpt="selective", plain_layers=0):
     """The finetune stage's setup (``longctx.training.optim.trainable_model`` + ``LossFn``) on a random model of ``cfg``."""
-    from longctx.kernels import sdpa_backend
+    from longctx.kernels import keep_activations, sdpa_backend
     from longctx.params import TrainParams, build
     from longctx.training.loss import LossFn
     from longctx.training.optim import trainable_model
@@ -183,9 +183,7 @@ def ours(cfg, mode="lora", ckpt="selective", plain_layers=0):
     dtype = torch.bfloat16 if mode == "lora" else torch.float32
     model = shapes.random_model(cfg, DEVICE, dtype, attn_implementation="sdpa")
     model, _, opt = trainable_model(model, tp)
-    layers = model.get_base_model().model.layers if mode == "lora" else model.model.layers
-    for layer in list(layers)[len(layers) - plain_layers:] if plain_layers else []:
-        layer.gradient_checkpointing = False
+    keep_activations(model, plain_layers)
     if mode == "lora":  # autocast runs the adapters in bf16; PEFT's x.to(float32) would copy each input
         for m in model.modules():
             if hasattr(m, "lora_A"):

@@ -182,3 +182,26 @@ def compile_layers(model) -> int:
     for layer in layers:
         layer.compile()
     return len(layers)
+
+
+def keep_activations(model, plain_layers: int) -> int:
+    """Partial checkpointing: the last ``plain_layers`` decoder layers run without checkpointing (they keep
+    every activation for the backward pass); the others keep the mode ``gradient_checkpointing_enable`` set.
+
+    Memory for speed, one layer at a time: on the Llama-3.1-8B shape at 32k tokens a plain layer holds about
+    4.2 GiB against 0.5 GiB under selective checkpointing, and skips the recompute of its projections
+    (docs/RESULTS.md, "Fifth run": 20 plain layers of 32 gave 1.65x the fully checkpointed baseline).
+    Call after checkpointing is enabled (and before or after LoRA wrapping). Returns the layers switched.
+    """
+    if plain_layers < 0:
+        raise ValueError(f"plain_layers must be >= 0, got {plain_layers}")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base.get_decoder() if hasattr(base, "get_decoder") else base
+    layers = list(getattr(base, "layers", None) or [])
+    if not layers:
+        raise RuntimeError(f"keep_activations: no decoder layers found in {type(model).__name__}")
+    if plain_layers > len(layers):
+        raise ValueError(f"plain_layers ({plain_layers}) exceeds the model's {len(layers)} decoder layers")
+    for layer in layers[len(layers) - plain_layers:]:
+        layer.gradient_checkpointing = False
+    return plain_layers
