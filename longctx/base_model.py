@@ -59,9 +59,9 @@ def _load_embedded(dtype: torch.dtype):
 
     gguf = embedded_gguf_path()
     folder, name = str(gguf.parent), gguf.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    gguf_model = LlamaForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+    gguf_model = LlamaForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
     # The GGUF-loaded model is flagged as quantized and cannot be saved; a plain model with the
     # same config (minus the quantization record) and the dequantised weights gives identical logits.
     if hasattr(config, "quantization_config"):
@@ -82,9 +82,9 @@ def _load_pretrained(name_or_path: str, revision: str | None, trust_remote_code:
     local = Path(name_or_path)
     if (name_or_path.startswith((".", "/")) or local.exists()) and not local.exists():
         raise FileNotFoundError(f"model.name_or_path: {name_or_path} does not exist")
-    kw = dict(revision=revision, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, use_safetensors=None, **kw)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, use_safetensors=None, revision=revision,
+                                                 trust_remote_code=trust_remote_code)
     return model, tokenizer, {"source": name_or_path, "revision": revision}
 
 

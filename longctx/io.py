@@ -1,15 +1,22 @@
 """Atomic file output: write to a temporary file beside the target, then rename.
 
-A crash mid-write leaves the previous file intact instead of a truncated one.
+A crash mid-write leaves the previous file intact instead of a truncated one. Outputs never share
+storage with their inputs (``copy_file`` clones or copies, never hard-links): an in-place write to
+one file cannot silently change another, or the DVC cache behind it (.dvc/config: reflink,copy).
+Metrics are strict JSON: a NaN or infinity is an error naming the key, never a non-standard token.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+FICLONE = 0x40049409  # linux/fs.h: share the data blocks copy-on-write (btrfs, XFS, bcachefs, ...)
 
 
 def atomic_write_lines(path: str | Path, lines) -> None:
@@ -51,8 +58,45 @@ def atomic_savefig(fig, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
+def _non_finite_key(obj, where: str = "") -> str | None:
+    """The dotted key of the first NaN/infinity in ``obj`` (None if every number is finite)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "(top level)"
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for k, v in items:
+        sub = f"{where}{k}" if str(k).startswith("[") else (f"{where}.{k}" if where else str(k))
+        found = _non_finite_key(v, sub)
+        if found:
+            return found
+    return None
+
+
 def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Strict JSON (RFC 8259): a NaN or infinity anywhere is a ValueError naming its key; nothing is written."""
+    bad = _non_finite_key(obj)
+    if bad is not None:
+        raise ValueError(f"{path}: {bad} is not a finite number; refusing to write non-standard JSON "
+                         "(a metric that can be undefined must be written as null)")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def copy_file(src: str | Path, dst: str | Path) -> None:
+    """Copy ``src`` to ``dst`` as an independent file: a copy-on-write clone where the filesystem can
+    (instant, no extra disk), else a byte copy. Never a hard link, whose shared inode would let an
+    in-place write to one file change the other (and the DVC cache object behind both).
+    """
+    with open(src, "rb") as fs, open(dst, "wb") as fd:
+        try:
+            fcntl.ioctl(fd.fileno(), FICLONE, fs.fileno())
+        except OSError:
+            shutil.copyfileobj(fs, fd, length=16 << 20)
+    shutil.copystat(src, dst)
+    os.chmod(dst, 0o644)  # a DVC-protected (read-only) source must not make the copy read-only
 
 
 def read_json(path: str | Path):

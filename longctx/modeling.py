@@ -166,15 +166,16 @@ def make_extended_model(base_dir: Path, out_dir: Path, method: str, method_param
                         native_window: int | None = None) -> Extension:
     """Extend the base model with ``method`` and save it to ``out_dir`` (atomically), with extension.json.
 
-    Only config files change: the weights are hard-linked from the base model when possible, so
-    an extended model costs no extra disk.
+    Only config files change: the weights are cloned (copy-on-write, no extra disk where the
+    filesystem can) or copied from the base model, never hard-linked, so an in-place write to one
+    model cannot change the other or the DVC cache.
     """
     from transformers import AutoConfig
 
-    from longctx.io import AtomicDir, atomic_write_json
+    from longctx.io import AtomicDir, atomic_write_json, copy_file
 
     native = native_record(base_dir)
-    config = AutoConfig.from_pretrained(base_dir)
+    config = AutoConfig.from_pretrained(base_dir, trust_remote_code=False)  # our own folder: never its code
     if not getattr(config, "rope_parameters", None) and method != "none":
         raise ValueError(f"method: {method} needs a RoPE model, but {base_dir} has no rope_parameters in its config")
     window = native_window or native["native_window"]
@@ -186,13 +187,7 @@ def make_extended_model(base_dir: Path, out_dir: Path, method: str, method_param
         for f in Path(base_dir).iterdir():
             if f.name in ("config.json", EXTENSION_FILE):
                 continue
-            target = tmp / f.name
-            try:
-                target.hardlink_to(f)
-            except OSError:
-                import shutil
-
-                shutil.copy2(f, target)
+            copy_file(f, tmp / f.name)  # a clone or a copy, never a hard link (issue 18: shared inodes)
         config.save_pretrained(tmp)
         atomic_write_json(tmp / EXTENSION_FILE, ext.to_dict())
     return ext

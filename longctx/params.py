@@ -90,14 +90,12 @@ def _number(value, tp, where: str):
             return value
         if num != math.floor(num):
             raise ParamsError(f"{where}: expected a whole number, got {value!r}")
-        if abs(num) > 2**53:
-            raise ParamsError(f"{where}: {value!r} is too large to be exact")
-        return int(num)
+        return int(num)  # exact below 2**53; larger values fail every bound anyway
     return num
 
 
 def _fmt(x) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e13 else f"{x:g}"
 
 
 def _range_text(bounds) -> str:
@@ -391,7 +389,8 @@ class SourceParams:
             if getattr(self, key) is not None and not getattr(self, key):
                 raise ParamsError(f"{where}.{key}: must be a non-empty string")
         if self.loss_on is not None and self.type in DOCUMENT_TYPES and self.loss_on != "all":
-            raise ParamsError(f"{where}.loss_on: {self.type} sources have no assistant turns; use all (or leave it out)")
+            raise ParamsError(f"{where}.loss_on: {self.type} sources have no assistant turns; "
+                              "use all (or leave it out)")
         if self.is_local() and not Path(self.path_or_id).expanduser().exists():
             raise ParamsError(f"{where}.path_or_id: {self.path_or_id}: no such file or folder")
 
@@ -838,28 +837,32 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(raw or {})
 
 
+def fail(message: str) -> typing.NoReturn:
+    """End a stage with one line on stderr, ``error: <key>: <what is wrong>``, and exit code 2."""
+    import sys
+
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def stage_params(path: str | Path = "params.yaml", model_dir: str | Path | None = None,
                  eval_memory: bool = False) -> Params:
     """``load_params`` for stage scripts: a bad value ends the stage with one line on stderr, exit code 2.
 
     With ``model_dir`` (a saved model folder) the checks that need the model run too.
     """
-    import sys
-
     try:
         p = load_params(path)
         if model_dir is not None and (Path(model_dir) / "config.json").exists():
             check_against_model(p, read_model_facts(model_dir), eval_memory=eval_memory)
         return p
     except ParamsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(e))
 
 
-def fail(key: str, message: str) -> typing.NoReturn:
-    """End a stage with the same one-line ``error: <key>: ...`` format as a params error."""
-    import sys
-
-    print(f"error: {key}: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
+def stage_check(fn, *args, **kwargs):
+    """Run a check for a stage script: a ``ParamsError`` ends the stage like a bad params value (one line, exit 2)."""
+    try:
+        return fn(*args, **kwargs)
+    except ParamsError as e:
+        fail(str(e))

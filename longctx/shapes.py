@@ -156,7 +156,7 @@ def load_random(folder: str | Path, device, dtype: torch.dtype, attn_implementat
 
     folder = Path(folder)
     record = json.loads((folder / SHAPE_FILE).read_text())
-    config = AutoConfig.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     return random_model(config, device, dtype, seed=int(record["seed"]), attn_implementation=attn_implementation)
 
 
@@ -167,7 +167,7 @@ def embedded_tokenizer():
     from longctx.base_model import embedded_gguf_path
 
     gguf = embedded_gguf_path()
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
 
 
 def materialize_shape(name_or_path: str, out_dir: Path, seed: int = 0, tokenizer=None) -> dict:

@@ -13,7 +13,7 @@ if __name__ == "__main__":
                                 "tokenizer": "model folder whose tokenizer to use",
                                 "samples": "samples from eval_samples", "out": "metrics file to write (JSON)"},
                       optional={"finetuned": "fine-tuned adapter or weights on top of --model"})
-    p = stage_params()
+    p = stage_params(model_dir=args.model, eval_memory=True)  # a length that cannot fit stops here
     if args.finetuned is None:
         model = load_model(args.model, dtype=p.model.dtype)
     else:

@@ -6,7 +6,7 @@ from longctx.params import stage_params
 
 if __name__ == "__main__":
     args = stage_args(__doc__, {"base": "base model folder", "out": "extended model folder to write"})
-    p = stage_params()
+    p = stage_params(model_dir=args.base)  # with the checks that need the model (native window, layers)
     ext = make_extended_model(args.base, args.out, p.method, p.method_params(), p.target_length,
                               p.model.native_window)
     load_model(args.out, device="cpu")  # reload once: fails here if the method would not survive saving

@@ -17,7 +17,7 @@ if __name__ == "__main__":
                                 "out": "folder for the adapter or full weights",
                                 "summary": "training summary (JSON metrics)",
                                 "live": "dvclive folder for the training curves"})
-    p = stage_params()
+    p = stage_params(model_dir=args.model)  # with the checks that need the model (LoRA module names)
     try:
         summary = finetune(args.model, args.data, args.out, p.train, p.model.dtype, live_dir=args.live)
     except NonFiniteError as e:  # a diverged run: one line, exit 1, nothing written

@@ -146,7 +146,7 @@ def test_unknown_method_and_short_target(base_dir, tmp_path):
         make_extended_model(base_dir, tmp_path / "x", "nope", {}, TARGET)
     with pytest.raises(ValueError, match="target_length: must exceed the native window"):
         make_extended_model(base_dir, tmp_path / "x", "yarn", {}, NATIVE)
-    with pytest.raises(ValueError, match="methods.yarn: unknown parameter"):
+    with pytest.raises(ValueError, match="methods.yarn.bogus: unknown key"):
         make_extended_model(base_dir, tmp_path / "x", "yarn", {"bogus": 1}, TARGET)
     assert not (tmp_path / "x").exists()
 

@@ -63,8 +63,8 @@ def project(tmp_path_factory):
 
 def test_repro_runs_every_stage_and_writes_summary(project):
     work, out = project
-    assert stages_run(out) == {"base_model", "prepare", "extend", "finetune", "eval_samples", "evaluate_base",
-                               "evaluate_extended", "aggregate"}
+    assert stages_run(out) == {"base_model", "sources", "prepare", "extend", "finetune", "eval_samples",
+                               "evaluate_base", "evaluate_extended", "aggregate"}
     summary = json.loads((work / "metrics/summary.json").read_text())
     for key in ("passkey.512.base", "passkey.512.extended", "ppl.512.base", "ppl.512.extended", "train.loss_first"):
         assert key in summary
@@ -88,7 +88,7 @@ def test_forced_rerun_gives_identical_metrics(project):
 def test_method_change_reruns_only_what_depends_on_it(project):
     work, _ = project
     out = run(f"{sys.executable} -m dvc exp run -S method=yarn", work)
-    assert stages_run(out) == {"extend", "finetune", "evaluate_extended", "aggregate"}
+    assert stages_run(out) == {"sources", "extend", "finetune", "evaluate_extended", "aggregate"}  # sources: always
     ext = json.loads((work / "models/extended/extension.json").read_text())
     assert ext["method"] == "yarn" and ext["rope_parameters"]["factor"] == 4.0
 
@@ -96,6 +96,6 @@ def test_method_change_reruns_only_what_depends_on_it(project):
 def test_eval_change_reruns_only_evaluation(project):
     work, _ = project
     out = run(f"{sys.executable} -m dvc exp run -S eval.perplexity.buckets=3", work)
-    assert stages_run(out) == {"evaluate_base", "evaluate_extended", "aggregate"}
+    assert stages_run(out) == {"sources", "evaluate_base", "evaluate_extended", "aggregate"}
     diff = run(f"{sys.executable} -m dvc metrics diff --all", work)
     assert "ppl.512.bucket2.base" in diff and "passkey.512.extended" in diff

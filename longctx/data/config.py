@@ -10,3 +10,4 @@ from longctx.params import DataParams as DataConfig
 from longctx.params import SourceParams as SourceConfig
 
 __all__ = ["DataConfig", "SourceConfig"]
+
