@@ -5,16 +5,12 @@ to a small JSON that prepare depends on: editing a local source reruns prepare; 
 byte-identical JSON, so prepare does not rerun. Bad bytes or JSON stop here with the file and line.
 """
 
-import argparse
-from pathlib import Path
-
+from longctx.cli import stage_args
 from longctx.io import atomic_write_json
 from longctx.params import stage_check, stage_params
 from longctx.sources import fingerprint_sources
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", type=Path, required=True, help="fingerprint file to write (JSON)")
-    args = ap.parse_args()
+    args = stage_args(__doc__, {"out": "fingerprint file to write (JSON)"})
     p = stage_params()
     atomic_write_json(args.out, stage_check(fingerprint_sources, p.data))
