@@ -333,6 +333,13 @@ def fmt_length(reached: float | None, longest: int | None) -> str:
     return f"≥ {reached}" if longest and reached >= longest else str(reached)
 
 
+def fmt_run(row: dict, task: str, length: int) -> str:
+    """`name` (method) accuracy [interval] of one cell, for the separation notes."""
+    value = fmt_value(task, get(row, task, length))
+    interval = fmt_interval(get(row, task, length, stat="lo"), get(row, task, length, stat="hi"))
+    return f"`{row['name']}` ({fmt_param(row['params'].get('method'))}) {value}{interval}"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -391,11 +398,9 @@ def task_section(rows: list[dict], task: str, cols, best, ref, param_keys) -> li
             sep = separation(rows, task, n)
             if sep:
                 best, others = sep
-                iv = lambda r: (f"`{r['name']}` ({fmt_param(r['params'].get('method'))}) {fmt_value(task, get(r, task, n))}"  # noqa: E731
-                                + fmt_interval(get(r, task, n, stat="lo"), get(r, task, n, stat="hi")))
-                apart = [iv(r) for r, disjoint in others if disjoint]
-                close = [iv(r) for r, disjoint in others if not disjoint]
-                notes.append(f"- {n}: best {iv(best)}; **separated from** {', '.join(apart) or 'none'}; "
+                apart = [fmt_run(r, task, n) for r, disjoint in others if disjoint]
+                close = [fmt_run(r, task, n) for r, disjoint in others if not disjoint]
+                notes.append(f"- {n}: best {fmt_run(best, task, n)}; **separated from** {', '.join(apart) or 'none'}; "
                              f"overlaps {', '.join(close) or 'none'}")
         if notes:
             lines += ["Best method per length against each other method's best row (95% intervals disjoint or not):",

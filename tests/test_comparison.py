@@ -21,7 +21,7 @@ from longctx.evaluation.stats import Z95, effective_length, in_window_score, wil
 from longctx.evaluation.suite import accuracy_metrics
 from longctx.io import atomic_write_json
 from longctx.report import summaries_as_show, training_budget, write_report
-from test_eval_tasks import build_tokenizer
+from tests.test_eval_tasks import build_tokenizer
 
 # --------------------------------------------------------------------------- Wilson interval
 

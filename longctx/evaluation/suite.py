@@ -42,7 +42,7 @@ def make_eval_samples(tokenizer, ep: EvalParams) -> list[EvalSample]:
         for length in task.lengths or ep.lengths:
             for depth in ([None] if name in DEPTHLESS else task.depths):
                 samples += generate(tokenizer, length, depth, task.samples, ep.seed, ep.use_chat_template,
-                                    **DIFFICULTY.get(name, lambda t: {})(task))
+                                    **difficulty(name, task))
     if ep.longbench.enabled:
         samples += longbench_samples(tokenizer, ep)
     return samples
@@ -58,8 +58,11 @@ SYNTHETIC = {
     "dialog_recall": generate_dialog_recall,
 }
 DEPTHLESS = ("variable_tracking", "common_words")
-# Difficulty knobs a task's generator takes from its params (new knobs default to the original task).
-DIFFICULTY = {"needle": lambda task: {"needles": task.needles}}
+
+
+def difficulty(name: str, task) -> dict:
+    """Difficulty knobs a task's generator takes from its params (each defaults to the original task)."""
+    return {"needles": task.needles} if name == "needle" else {}
 
 
 def synthetic_tasks(ep: EvalParams):
@@ -102,7 +105,8 @@ def evaluate_model(model, samples: list[EvalSample], ep: EvalParams, tokenizer=N
     if ep.greedy_check and answer_tasks:
         # Teacher forcing must agree with real greedy decoding; report how often it does.
         checked = answer_tasks[: ep.greedy_check]
-        metrics["check.greedy_agreement"] = greedy_agreement(model, checked, correct[: len(checked)])
+        agreement = greedy_agreement(model, checked, correct[: len(checked)])
+        metrics[MetricKey("check.greedy_agreement").format()] = agreement
     metrics.update(longbench_metrics(model, tokenizer, [s for s in samples if s.task.startswith("longbench.")]))
 
     device = next(model.parameters()).device
@@ -154,5 +158,6 @@ def longbench_metrics(model, tokenizer, samples: list[EvalSample]) -> dict:
         name = task.split(".", 1)[1]
         preds = [p for p, _ in pairs]
         answers = [s.meta["answers"] for _, s in pairs]
-        metrics[task] = round(score_longbench(name, preds, answers, pairs[0][1].meta["all_classes"]), 2)
+        score = score_longbench(name, preds, answers, pairs[0][1].meta["all_classes"])
+        metrics[MetricKey(task).format()] = round(score, 2)
     return metrics
