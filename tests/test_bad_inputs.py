@@ -345,6 +345,14 @@ def test_local_model_folder_still_loads(base_dir, tmp_path):
     assert (tmp_path / "models" / "base" / "native.json").exists()
 
 
+def test_longbench_from_an_unreachable_hub_fails_fast(workdir):
+    proc, seconds = run_stage("eval_samples", workdir, edited(eval__longbench__enabled=True),
+                              env={"HF_HUB_OFFLINE": "1"})
+    assert_one_line(proc, r"^error: eval.longbench.source: 'THUDM/LongBench' is neither an existing path nor in the "
+                          r"local hub cache")
+    assert not (workdir / "data").exists()
+
+
 # Data sources: the sources stage checks local files (bytes, JSON, with file and line); prepare the records.
 def sharegpt(tmp_path: Path, content: bytes, name="chats.jsonl") -> dict:
     (tmp_path / name).write_bytes(content)
