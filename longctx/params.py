@@ -32,6 +32,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import copy
+
 import yaml
 
 
@@ -274,7 +276,7 @@ class SelfExtendParams:
 class PositionIdsParams:
     """Methods that change the position ids seen in fine-tuning (their family trains a short window)."""
 
-    frequency: str = choice("pi", FREQUENCY_FOR_POSITION_IDS)  # the interpolation the position ids train for
+    frequency: str = choice("yarn", FREQUENCY_FOR_POSITION_IDS)  # interpolation trained for (pi: docs/RESULTS.md)
 
 
 @dataclass
@@ -642,6 +644,57 @@ class EvalParams:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Paper recipes: ``recipe: <name>`` merges ``recipes.<name>`` over the data/train blocks before they are
+# parsed, so one override picks a paper's whole training setup (``dvc exp run -S method=cream -S
+# recipe=cream_chat``). Mappings merge recursively (``train.lora.r`` alone), anything else (lists such as
+# ``data.sources``) replaces. ``recipe: none`` changes nothing. The prepare and finetune stages list
+# ``recipe`` and ``recipes.${recipe}`` as params. The shipped recipes and the papers' numbers: docs/recipes.md.
+
+NO_RECIPE = "none"
+RECIPE_BLOCKS = ("data", "train")  # the params blocks a recipe may override
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in: mappings recursively, everything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_recipe(raw: dict) -> dict:
+    """``raw`` params with ``recipes[raw["recipe"]]`` merged over its data/train blocks.
+
+    Raises ValueError naming the key: an unknown recipe name (listing the defined ones), a recipe
+    that is not a mapping, or a recipe block other than data/train.
+    """
+    name = raw.get("recipe", NO_RECIPE)
+    recipes = raw.get("recipes") or {}
+    if not isinstance(recipes, dict):
+        raise ValueError("recipes: expected a mapping of recipe name -> {data: ..., train: ...}")
+    for rname, rblock in recipes.items():
+        if not isinstance(rblock, dict):
+            raise ValueError(f"recipes.{rname}: expected a mapping with data and/or train blocks")
+        for block in rblock:
+            if block not in RECIPE_BLOCKS:
+                raise ValueError(f"recipes.{rname}.{block}: a recipe sets only {' and '.join(RECIPE_BLOCKS)}")
+    if name == NO_RECIPE and NO_RECIPE not in recipes:
+        return raw
+    if not isinstance(name, str) or name not in recipes:
+        raise ValueError(f"recipe: unknown recipe {name!r}; defined in recipes: {', '.join(recipes) or '(none)'}")
+    out = dict(raw)
+    for block, values in recipes[name].items():
+        base = raw.get(block) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"recipes.{name}.{block}: expected a mapping")
+        out[block] = deep_merge(base, values)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
 # The whole file
 
 
@@ -651,6 +704,8 @@ class Params:
     method: str = "entropy_abf"  # one of METHOD_NAMES
     target_length: int = 32768  # context length the method extends to (factor = target / native window)
     methods: dict = field(default_factory=dict)  # method name -> its params dataclass (every method present)
+    recipe: str = "none"  # a paper's training recipe: recipes.<name> merged over data/train (docs/recipes.md)
+    recipes: dict = field(default_factory=dict)  # recipe name -> {data: ..., train: ...} (docs/recipes.md)
     data: DataParams = field(default_factory=DataParams)
     train: TrainParams = field(default_factory=TrainParams)
     eval: EvalParams = field(default_factory=EvalParams)
@@ -670,6 +725,10 @@ def parse_params(raw: dict) -> Params:
     for key in raw:
         if key not in TOP_LEVEL:
             raise unknown_key_error("", key, TOP_LEVEL)
+    try:  # recipe: <name> merges recipes.<name> over the data/train blocks
+        raw = apply_recipe(raw)
+    except ValueError as e:
+        raise ParamsError(str(e)) from None
     method = raw.get("method", Params.method)
     if method not in METHOD_PARAMS:
         raise ParamsError(f"method: unknown method {method!r}{_nearest(method, METHOD_NAMES)}"
@@ -688,6 +747,8 @@ def parse_params(raw: dict) -> Params:
         method=method,
         target_length=target,
         methods=methods,
+        recipe=raw.get("recipe", Params.recipe),
+        recipes=raw.get("recipes") or {},
         data=DataParams.from_dict(raw.get("data")),
         train=build(TrainParams, raw.get("train"), "train"),
         eval=build(EvalParams, raw.get("eval"), "eval"),

@@ -1,6 +1,7 @@
 """The shipped params.yaml parses, and bad values stop with one line naming the key (issue: robustness)."""
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,7 @@ BAD = [
     ("methods.cream.p_continuity", 2, r"methods.cream.p_continuity: must be in \[0, 1\]"),
     ("methods.pose.num_chunks", 1, r"methods.pose.num_chunks: must be in \[2, 1024\], got 1"),
     ("methods.yarn.beta_slow", 64, r"methods.yarn: need beta_fast > beta_slow"),
-    ("bogus_top", 1, r"bogus_top: unknown key; allowed: model, method, target_length, methods, data, train, eval"),
+    ("bogus_top", 1, r"bogus_top: unknown key; allowed: model, method, target_length, methods, recipe, recipes, data, train, eval"),
 ]
 
 
@@ -184,5 +185,8 @@ def test_params_module_is_the_bottom_of_the_import_graph():
 
 
 def test_defaults_are_the_shipped_params():
-    """One set of defaults: the dataclasses; params.yaml shows them (parse of an empty file == shipped file)."""
-    assert parse_params({}) == parse_params(copy.deepcopy(SHIPPED))
+    """One set of defaults: the dataclasses; params.yaml shows them (parse of an empty file == shipped file).
+    The paper recipes (``recipes:``) exist only in params.yaml; the default ``recipe: none`` applies none."""
+    shipped = parse_params(copy.deepcopy(SHIPPED))
+    assert shipped.recipe == "none" and set(shipped.recipes) >= {"none", "entropy_abf", "cream_chat", "pi"}
+    assert parse_params({}) == dataclasses.replace(shipped, recipes={})
