@@ -33,9 +33,9 @@ import torch  # noqa: E402
 from longctx.data import prepare_sft_data  # noqa: E402
 from longctx.evaluation.passkey import generate_passkey  # noqa: E402
 from longctx.evaluation.scoring import greedy_answer_correct  # noqa: E402
-from longctx.modeling import load_model, load_tokenizer, make_extended_model, native_record  # noqa: E402
+from longctx.modeling import load_finetuned, load_model, load_tokenizer, make_extended_model, native_record  # noqa: E402
 from longctx.params import TrainParams  # noqa: E402
-from longctx.train import finetune, load_finetuned  # noqa: E402
+from longctx.training import finetune  # noqa: E402
 
 DATA = {
     "sft": {"type": "embedded_chitchat"},

@@ -10,9 +10,8 @@ import torch
 import yaml
 
 from longctx.modeling import make_extended_model
-from longctx.params import ParamsError, TrainParams, parse_params
-from longctx.params import apply_recipe, deep_merge
-from longctx.train import finetune
+from longctx.params import ParamsError, TrainParams, apply_recipe, deep_merge, parse_params
+from longctx.training import finetune
 from tests.test_modeling import base_dir  # noqa: F401  (module fixture: a tiny materialised base model)
 
 ROOT = Path(__file__).resolve().parents[1]
