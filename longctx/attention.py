@@ -26,16 +26,41 @@ def _query_positions(query: torch.Tensor, key: torch.Tensor, position_ids: torch
     return torch.arange(kv_len - q_len, kv_len, device=query.device)[None]
 
 
+def softcapped_attention(module, query, key, value, attention_mask, scaling, dropout, softcap):
+    """Eager attention with Gemma-2's logit soft-capping: softmax(cap * tanh(q k^T * scaling / cap) + mask) v.
+
+    ``attention_mask`` is what ``sdpa_mask`` builds: None (causal, aligned to the end of the keys),
+    boolean (True = attend) or additive float. Returns (b, q_len, h, d) like transformers' functions.
+    """
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    scores = softcap * torch.tanh(scores / softcap)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if attention_mask is None:
+        attention_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+    if attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    else:
+        scores = scores + attention_mask
+    probs = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(query.dtype)  # fully hidden rows -> 0
+    probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+
+
 def entropy_abf_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                          position_ids=None, **kwargs):
+                          position_ids=None, softcap=None, **kwargs):
     """Entropy-ABF attention (arXiv 2401.07004, Eq. 9): scaled queries, then ordinary SDPA.
 
     The query at position i is multiplied by max(1, log(i + 1) / log(c)), c the native window,
     in every layer except the first ``skip_layers`` (the paper leaves layers 0-1 unscaled; the
     public code never actually skips them, because every layer calls one patched function).
-    Scaling the query scales the logits of that row by the same factor.
+    Scaling the query scales the logits of that row by the same factor. A model with logit
+    soft-capping (Gemma-2 passes ``softcap``) gets it after the scaling, as its own attention does.
     """
     query = entropy_abf_query(module, query, key, position_ids)
+    if softcap:
+        return softcapped_attention(module, query, key, value, attention_mask, scaling, dropout, softcap)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   **kwargs)
 

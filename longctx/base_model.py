@@ -39,12 +39,17 @@ def embedded_gguf_path() -> Path:
 
 
 def native_window(config) -> int:
-    """The context length the model was trained on.
+    """The context length the model was trained at: the window extension methods start from.
 
-    A model that already carries a RoPE scaling records its pre-training window as
-    ``original_max_position_embeddings``; otherwise ``max_position_embeddings`` is it.
+    Plain RoPE: ``max_position_embeddings`` (or ``original_max_position_embeddings`` where a config
+    records the pre-training window next to a larger announced one). A model that already carries
+    a RoPE scaling (Llama-3.1's llama3, YaRN, LongRoPE, linear, dynamic) was trained with it up to
+    ``max_position_embeddings`` (131072 for Llama-3.1, not the 8192 of its first stage), and its
+    scaled frequencies are the starting point (see ``longctx.methods``).
     """
     rope = dict(getattr(config, "rope_parameters", None) or {})
+    if rope.get("rope_type", "default") != "default" or any(isinstance(v, dict) for v in rope.values()):
+        return int(config.max_position_embeddings)
     return int(rope.get("original_max_position_embeddings") or config.max_position_embeddings)
 
 
@@ -115,8 +120,13 @@ def materialize_base_model(
         **provenance,
         "architecture": config.architectures[0] if getattr(config, "architectures", None) else type(model).__name__,
         "native_window": native_window(config),
+        # the full rope dict (scaling, partial_rotary_factor, per-layer-type dicts): extension starts from it
         "rope_parameters": dict(getattr(config, "rope_parameters", None) or {}),
         "rope_theta": rope_theta(config),
+        "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+        "sliding_window": getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True)
+        is not False else None,
+        "layer_types": list(getattr(config, "layer_types", None) or []) or None,
         "num_hidden_layers": config.num_hidden_layers,
         "num_attention_heads": config.num_attention_heads,
         "num_key_value_heads": getattr(config, "num_key_value_heads", config.num_attention_heads),

@@ -37,13 +37,17 @@ def pi_inv_freq(dim: int, base: float, factor: float) -> tuple[torch.Tensor, flo
     return default_inv_freq(dim, base) / factor, 1.0
 
 
-def ntk_inv_freq(dim: int, base: float, factor: float) -> tuple[torch.Tensor, float]:
-    """Static NTK-aware scaling (bloc97 2023; YaRN paper arXiv 2309.00071, Eq. 16).
+def ntk_base(base: float, factor: float, dim: int) -> float:
+    """Static NTK-aware base (bloc97 2023; YaRN paper arXiv 2309.00071, Eq. 16): b' = b * s^(|D| / (|D| - 2)).
 
-    The base is raised so the lowest frequency is interpolated by s while the highest is kept:
-    b' = b * s^(|D| / (|D| - 2)).
+    The base is raised so the lowest frequency is interpolated by s while the highest is kept.
     """
-    return default_inv_freq(dim, base * factor ** (dim / (dim - 2))), 1.0
+    return float(base) * factor ** (dim / (dim - 2))
+
+
+def ntk_inv_freq(dim: int, base: float, factor: float) -> tuple[torch.Tensor, float]:
+    """Static NTK-aware scaling: plain RoPE with the base :func:`ntk_base`."""
+    return default_inv_freq(dim, ntk_base(base, factor, dim)), 1.0
 
 
 def dynamic_ntk_inv_freq(dim: int, base: float, factor: float, native: int, seq_len: int) -> tuple[torch.Tensor, float]:

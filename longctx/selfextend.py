@@ -61,6 +61,7 @@ FLEX_MIN_QUERIES = 128  # one flex_attention block
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
+    "check_selfextend_params",
     "check_selfextend_target",
     "merge_attention_partials",
     "selfextend_attention",
@@ -73,9 +74,28 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def check_selfextend_params(group_size: int | None, window: int, scale_base: float = 0.0,
+                            native_window: int | None = None, where: str = "methods.selfextend") -> None:
+    """Every rule on SelfExtend's parameters, in one place; errors name ``<where>.<key>``.
+
+    ``group_size`` None means "not chosen yet" (``methods.selfextend.group_size: 0`` picks the smallest group
+    that covers the target). ``native_window`` given: the neighbour window must lie inside it.
+    """
+    if group_size is not None and (not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1):
+        raise ValueError(f"{where}.group_size: must be an integer >= 1, got {group_size!r}")
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"{where}.window: must be >= 1 (an integer), got {window!r}")
+    if group_size is not None and window < group_size:
+        raise ValueError(f"{where}.window: must be >= group_size ({group_size}), got {window!r}")
+    if native_window is not None and window >= native_window:
+        raise ValueError(f"{where}.window: must be below the native window {native_window}, got {window}")
+    if scale_base < 0 or scale_base == 1:
+        raise ValueError(f"{where}.scale_base: must be 0 (off) or > 1, got {scale_base!r}")
+
+
 def selfextend_usable_length(native_window: int, group_size: int, window: int) -> int:
     """Longest input SelfExtend keeps within the trained positions: ``(L - W) * G + W`` (arXiv:2401.01325)."""
-    _validate(group_size, window)
+    check_selfextend_params(group_size, window)
     return (native_window - window) * group_size + window
 
 
@@ -98,15 +118,6 @@ def check_selfextend_target(native_window: int, group_size: int, window: int, ta
     return True
 
 
-def _validate(group_size, window) -> None:
-    if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"longctx_extension['group_size'] must be an integer >= 1, got {group_size!r}")
-    if not isinstance(window, int) or window < group_size:
-        raise ValueError(
-            f"longctx_extension['window'] must be an integer >= group_size ({group_size}), got {window!r}"
-        )
-
-
 def _read_params(config) -> tuple[int, int, float]:
     """(G, W, scale_base) from ``config.longctx_extension``."""
     ext = getattr(config, "longctx_extension", None)
@@ -115,12 +126,9 @@ def _read_params(config) -> tuple[int, int, float]:
             "SelfExtend needs config.longctx_extension = {'group_size': G, 'window': W[, 'scale_base': s]}, "
             f"got {ext!r}"
         )
-    group_size, window = ext["group_size"], ext["window"]
-    _validate(group_size, window)
     scale_base = float(ext.get("scale_base", 0) or 0)
-    if scale_base < 0 or scale_base == 1:
-        raise ValueError(f"longctx_extension['scale_base'] must be 0 (off) or > 1, got {scale_base!r}")
-    return group_size, window, scale_base
+    check_selfextend_params(ext["group_size"], ext["window"], scale_base, where="longctx_extension")
+    return ext["group_size"], ext["window"], scale_base
 
 
 # ---------------------------------------------------------------------------------------------------------------

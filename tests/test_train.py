@@ -344,7 +344,7 @@ def test_accelerate_configs_parse():
         cfg = load_config_from_file(str(folder / f"{name}.yaml"))
         assert cfg.distributed_type == kind, name
     fsdp = load_config_from_file(str(folder / "fsdp2.yaml")).fsdp_config
-    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+    assert fsdp["fsdp_version"] == 2 and "fsdp_transformer_layer_cls_to_wrap" not in fsdp  # _no_split_modules
     assert load_config_from_file(str(folder / "fsdp2.yaml")).mixed_precision == "bf16"
     node = load_config_from_file(str(folder / "multi_node.yaml"))
     assert node.num_machines > 1 and node.main_process_ip and node.main_process_port
