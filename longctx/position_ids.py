@@ -23,8 +23,8 @@ Methods
             of Transformers", arXiv:2305.16843 (ACL 2023); the baseline CREAM and PoSE compare
             against.
 
-The transformers 5.x trap (why :func:`model_inputs_with_positions` exists)
---------------------------------------------------------------------------
+The transformers 5.x trap (why training always passes an ``attention_mask``)
+----------------------------------------------------------------------------
 With ``attention_mask=None`` and no cache -- ``use_cache=False``, the training setting (with
 ``use_cache=True`` Llama builds a ``DynamicCache`` first and the check is skipped) --
 transformers 5.x masking (``transformers.masking_utils._preprocess_mask_arguments`` ->
@@ -33,7 +33,8 @@ by anything other than 1 as the boundary between two *packed* sequences and buil
 block-diagonal causal mask. A skip-wise sample would then be cut into independent pieces and
 the later chunks could not attend to the earlier ones -- exactly the long-range dependency the
 method is supposed to teach. Passing an explicit all-ones 2-D ``attention_mask`` disables that
-detection and keeps the sample ONE causal sequence.
+detection and keeps the sample ONE causal sequence; ``longctx.train.batch_inputs`` passes
+one whenever a position-id method is in use (tests/test_position_ids.py shows the trap).
 """
 
 from __future__ import annotations
@@ -47,11 +48,9 @@ import torch
 __all__ = [
     "CreamLayout",
     "POSITION_ID_METHODS",
-    "causal_mask_kwargs",
     "cream_layout",
     "cream_position_ids",
     "make_position_ids",
-    "model_inputs_with_positions",
     "pose_position_ids",
     "randpos_position_ids",
     "sample_truncated_normal",
@@ -354,50 +353,3 @@ def make_position_ids(
         )
     _check_lengths(N, T)
     return POSITION_ID_METHODS[method](N, T, seed_or_generator, **kw)
-
-
-# --------------------------------------------------------------------------------------------
-# model inputs (the transformers 5.x packed-sequence trap)
-# --------------------------------------------------------------------------------------------
-
-
-def causal_mask_kwargs(position_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The extra forward kwargs that keep a skip-wise sample ONE causal sequence.
-
-    transformers 5.x reads a jump in ``position_ids`` as a packed-sequence boundary when
-    ``attention_mask`` is None and there is no cache (``use_cache=False``, as in training)
-    (``masking_utils.find_packed_sequence_indices``); an explicit
-    all-ones 2-D mask (batch, seq) switches that off. No padding is assumed: for padded
-    batches, pass the real padding mask instead (it is equally non-None).
-    """
-    pos = position_ids if position_ids.dim() == 2 else position_ids.unsqueeze(0)
-    return {"attention_mask": torch.ones(pos.shape, dtype=torch.long, device=pos.device)}
-
-
-def model_inputs_with_positions(
-    input_ids: torch.Tensor, position_ids: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """``dict(input_ids, position_ids, attention_mask=ones)`` ready for a Llama forward.
-
-    Accepts 1-D (one sequence) or 2-D (batch, seq) tensors; 1-D inputs become a batch of one,
-    and a 1-D ``position_ids`` is broadcast over a 2-D batch. See the module docstring for why
-    the all-ones ``attention_mask`` is required.
-    """
-    ids = input_ids if input_ids.dim() == 2 else input_ids.unsqueeze(0)
-    pos = position_ids if position_ids.dim() == 2 else position_ids.unsqueeze(0)
-    if pos.shape[-1] != ids.shape[-1]:
-        raise ValueError(
-            f"position_ids length {pos.shape[-1]} != input_ids length {ids.shape[-1]}"
-        )
-    if pos.shape[0] != ids.shape[0]:
-        if pos.shape[0] != 1:
-            raise ValueError(
-                f"position_ids batch {pos.shape[0]} != input_ids batch {ids.shape[0]}"
-            )
-        pos = pos.expand(ids.shape[0], -1)
-    pos = pos.to(device=ids.device, dtype=torch.long)
-    return {
-        "input_ids": ids,
-        "position_ids": pos,
-        "attention_mask": torch.ones(ids.shape, dtype=torch.long, device=ids.device),
-    }

@@ -15,10 +15,11 @@ if __name__ == "__main__":
                       optional={"finetuned": "fine-tuned adapter or weights on top of --model"})
     p = stage_params(model_dir=args.model, eval_memory=True)  # a length that cannot fit stops here
     if args.finetuned is None:
-        model = load_model(args.model, dtype=p.model.dtype)
+        model = load_model(args.model, dtype=p.model.dtype, attn_implementation=p.model.attn_implementation)
     else:
         warn_eval_beyond_support(read_extension(args.model), max(p.eval.all_lengths()))
-        model = load_finetuned(args.finetuned, args.model, dtype=p.model.dtype)
+        model = load_finetuned(args.finetuned, args.model, dtype=p.model.dtype,
+                               attn_implementation=p.model.attn_implementation)
     metrics = evaluate_model(model, load_samples(args.samples), p.eval, tokenizer=load_tokenizer(args.tokenizer))
     metrics["info.chat_template"] = int(p.eval.use_chat_template)  # recorded: it changes every prompt
     # the window that "in-window" scores are measured inside (aggregate's effective length)

@@ -9,5 +9,6 @@ if __name__ == "__main__":
     p = stage_params(model_dir=args.base)  # with the checks that need the model (native window, layers)
     ext = make_extended_model(args.base, args.out, p.method, p.method_params(), p.target_length,
                               p.model.native_window)
-    load_model(args.out, device="cpu")  # reload once: fails here if the method would not survive saving
+    # reload once: fails here if the method would not survive saving
+    load_model(args.out, device="cpu", attn_implementation=p.model.attn_implementation)
     print(f"extend: {ext.method} {ext.params} -> rope {ext.rope_parameters}, attention {ext.attention}")

@@ -38,7 +38,8 @@ ARCHITECTURES = {
     "llama3.1": lambda: T.LlamaConfig(**COMMON, rope_parameters=dict(LLAMA3_BASE)),
     "mistral": lambda: T.MistralConfig(**COMMON, sliding_window=32),
     "qwen2": lambda: T.Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=32, max_window_layers=1),
-    "gemma2": lambda: T.Gemma2Config(**COMMON, head_dim=16, sliding_window=32),
+    # a soft cap this small bends every logit: the reference below proves it is applied
+    "gemma2": lambda: T.Gemma2Config(**COMMON, head_dim=16, sliding_window=32, attn_logit_softcapping=0.5),
     "gemma3": lambda: T.Gemma3TextConfig(**COMMON, head_dim=16, sliding_window=32,
                                          layer_types=["sliding_attention", "full_attention"]),
     "phi3": lambda: T.Phi3Config(**COMMON, partial_rotary_factor=0.5),
@@ -90,6 +91,11 @@ def bases(tmp_path_factory):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = AutoModelForCausalLM.from_config(make(), attn_implementation=ATTN.get(name, "sdpa"))
+        if name == "gemma2":  # sharper attention than random init gives, so the soft cap bends real logits
+            with torch.no_grad():
+                for layer in model.model.layers:
+                    layer.self_attn.q_proj.weight.mul_(20)
+                    layer.self_attn.k_proj.weight.mul_(20)
         model.save_pretrained(root / f"{name}-src")
         tok.save_pretrained(root / f"{name}-src")
         materialize_base_model(str(root / f"{name}-src"), root / name)
@@ -277,6 +283,20 @@ def test_phi3_position_id_method_with_ntk_frequencies(bases, tmp_path):
     want, _ = reference_rope("phi3", "ntk", plain_model(bases["phi3"], "phi3").config)
     assert want.shape == (4,)  # partial rotary: 8 of 16 channels rotate
     assert torch.allclose(rotary_embedding(model).inv_freq.double(), want, rtol=1e-5)
+
+
+def test_gemma2_softcap_matters_for_entropy_abf(bases, tmp_path):
+    """The soft cap is strong enough in the tiny Gemma-2 that dropping it would fail the matrix cell."""
+    with pytest.warns(UserWarning, match="sliding_window=32"):
+        make_extended_model(bases["gemma2"], tmp_path / "x", "entropy_abf", PARAMS["entropy_abf"], TARGET)
+    model = load_model(tmp_path / "x", dtype="float32", device="cpu", attn_implementation="eager")
+    ids = torch.randint(2, 128, (1, N_TOKENS), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        capped = model(ids).logits
+        for layer in model.model.layers:
+            layer.self_attn.attn_logit_softcapping = None
+        uncapped = model(ids).logits
+    assert (capped - uncapped).abs().max() > 1e-3
 
 
 def test_llama31_native_window_is_the_trained_window(bases):

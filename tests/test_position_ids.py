@@ -8,11 +8,9 @@ import torch
 
 from longctx.position_ids import (
     POSITION_ID_METHODS,
-    causal_mask_kwargs,
     cream_layout,
     cream_position_ids,
     make_position_ids,
-    model_inputs_with_positions,
     pose_position_ids,
     randpos_position_ids,
 )
@@ -270,24 +268,14 @@ def test_bad_generator_type():
 # ------------------------------------------------------------------ the transformers mask trap
 
 
-def test_model_inputs_shapes():
-    ids = torch.arange(10)
-    pos = pose_position_ids(10, 40, 0)
-    out = model_inputs_with_positions(ids, pos)
-    assert out["input_ids"].shape == (1, 10)
-    assert torch.equal(out["position_ids"][0], pos)
-    assert torch.equal(out["attention_mask"], torch.ones(1, 10, dtype=torch.long))
-    batch = model_inputs_with_positions(torch.zeros(3, 10, dtype=torch.long), pos)
-    assert batch["position_ids"].shape == (3, 10)
-    assert torch.equal(causal_mask_kwargs(pos)["attention_mask"], torch.ones(1, 10, dtype=torch.long))
-    with pytest.raises(ValueError):
-        model_inputs_with_positions(torch.arange(9), pos)
+def with_mask(ids, pos):
+    return {"input_ids": ids[None], "position_ids": pos[None], "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
 
 
 def test_first_chunk_reaches_last_chunk_only_with_explicit_mask(tiny_llama):
     """With jumping ids, attention_mask=None and no cache (use_cache=False, the training setting)
-    transformers 5.x splits the sample into 'packed' sequences; the all-ones mask from
-    model_inputs_with_positions keeps it one."""
+    transformers 5.x splits the sample into "packed" sequences; an all-ones attention_mask (what
+    longctx.train.batch_inputs passes for position-id methods) keeps it one."""
     N = 12
     pos = torch.cat([torch.arange(0, 5), torch.arange(50, 57)])  # one jump, last id 56 < 64
     assert len(pos) == N
@@ -297,8 +285,8 @@ def test_first_chunk_reaches_last_chunk_only_with_explicit_mask(tiny_llama):
     ids_b[1] = (ids_a[1] + 1) % 128  # change one token in the first chunk
 
     with torch.no_grad():
-        la = tiny_llama(**model_inputs_with_positions(ids_a, pos), use_cache=False).logits[0, -1]
-        lb = tiny_llama(**model_inputs_with_positions(ids_b, pos), use_cache=False).logits[0, -1]
+        la = tiny_llama(**with_mask(ids_a, pos), use_cache=False).logits[0, -1]
+        lb = tiny_llama(**with_mask(ids_b, pos), use_cache=False).logits[0, -1]
         assert (la - lb).abs().max() > 1e-4, "first chunk must influence the last chunk"
 
         # the trap: no mask + a jump in position_ids = two packed sequences
@@ -315,5 +303,5 @@ def test_first_chunk_reaches_last_chunk_only_with_explicit_mask(tiny_llama):
         # the masked run differs from the no-mask run: the latter saw only the second chunk
         assert (la - na).abs().max() > 1e-4
         # with the mask, use_cache (eval default True) does not change the result
-        lc = tiny_llama(**model_inputs_with_positions(ids_a, pos), use_cache=True).logits[0, -1]
+        lc = tiny_llama(**with_mask(ids_a, pos), use_cache=True).logits[0, -1]
         assert torch.allclose(la, lc, atol=1e-5)
