@@ -33,7 +33,7 @@ by anything other than 1 as the boundary between two *packed* sequences and buil
 block-diagonal causal mask. A skip-wise sample would then be cut into independent pieces and
 the later chunks could not attend to the earlier ones -- exactly the long-range dependency the
 method is supposed to teach. Passing an explicit all-ones 2-D ``attention_mask`` disables that
-detection and keeps the sample ONE causal sequence; ``longctx.train.batch_inputs`` passes
+detection and keeps the sample ONE causal sequence; ``longctx.training.batching.batch_inputs`` passes
 one whenever a position-id method is in use (tests/test_position_ids.py shows the trap).
 """
 

@@ -275,7 +275,7 @@ def with_mask(ids, pos):
 def test_first_chunk_reaches_last_chunk_only_with_explicit_mask(tiny_llama):
     """With jumping ids, attention_mask=None and no cache (use_cache=False, the training setting)
     transformers 5.x splits the sample into "packed" sequences; an all-ones attention_mask (what
-    longctx.train.batch_inputs passes for position-id methods) keeps it one."""
+    longctx.training.batching.batch_inputs passes for position-id methods) keeps it one."""
     N = 12
     pos = torch.cat([torch.arange(0, 5), torch.arange(50, 57)])  # one jump, last id 56 < 64
     assert len(pos) == N
