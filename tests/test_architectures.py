@@ -133,7 +133,7 @@ def reference_rope(arch, method, cfg, seq_len=None):
     prf = base.get("partial_rotary_factor", 1.0)
     dim = int(head_dim(cfg) * prf)
     theta, s = base["rope_theta"], TARGET / NATIVE
-    freq = {"cream": "pi", "pose": "pi", "randpos": "pi"}.get(method, method)
+    freq = METHODS[method].defaults.get("frequency", method)  # cream/pose/randpos: their default frequency
     if method == "none":
         if base["rope_type"] == "default":
             return plain_inv_freq(dim, theta), 1.0
