@@ -270,33 +270,45 @@ def separation(rows: list[dict], task: str, length: int) -> tuple[dict, list[tup
     return best, [(r, lo > get(r, task, length, stat="hi")) for r in ranked[1:]]
 
 
-def depth_table(rows: list[dict], task: str, window: int | None) -> tuple[list[float], dict, str]:
-    """Accuracy per depth pooled over lengths (past the native window when any were evaluated there).
+def pooled_accuracy(row: dict, task: str, lengths, depths) -> tuple[float, float | None, float | None, int] | None:
+    """(accuracy, lo, hi, n) of a row's depth cells pooled over ``lengths`` x ``depths``, weighted by samples.
 
-    Returns (depths, {(row name, depth): (accuracy, lo, hi, n)}, which lengths were pooled); lo and hi
-    are None when a pooled cell has no sample count (``.n``).
+    lo and hi are None when a pooled cell has no sample count (``.n``); None when no cell exists.
     """
+    k_sum = n_sum = 0.0
+    counted = True
+    for n in lengths:
+        for d in depths:
+            acc = get(row, task, n, depth=d)
+            if acc is not None:
+                count = get(row, task, n, depth=d, stat="n")
+                counted &= count is not None
+                k_sum, n_sum = k_sum + acc * (count or 1), n_sum + (count or 1)
+    if not n_sum:
+        return None
+    lo, hi = wilson_interval(round(k_sum), round(n_sum)) if counted else (None, None)
+    return k_sum / n_sum, lo, hi, int(n_sum)
+
+
+def depth_lengths(rows: list[dict], task: str, window: int | None) -> tuple[list[float], list[int], str]:
+    """(depths, lengths to pool: those past the native window when any were evaluated there, description)."""
     keys = [k for r in rows for k in r["metrics"] if k.task == task and k.depth is not None and k.stat is None
             and k.model == "extended"]
-    depths = sorted({k.depth for k in keys})
     lengths = sorted({k.length for k in keys})
     beyond = [n for n in lengths if window and n > window]
     pooled = beyond or lengths
     where = f"lengths {', '.join(map(str, pooled))}" + (f" (past the native window {window})" if beyond else "")
-    out = {}
-    for r in rows:
-        for d in depths:
-            k_sum = n_sum = 0.0
-            counted = True  # every pooled cell recorded its sample count (else: no interval)
-            for n in pooled:
-                acc = get(r, task, n, depth=d)
-                if acc is not None:
-                    count = get(r, task, n, depth=d, stat="n")
-                    counted &= count is not None
-                    k_sum, n_sum = k_sum + acc * (count or 1), n_sum + (count or 1)
-            if n_sum:
-                lo, hi = wilson_interval(round(k_sum), round(n_sum)) if counted else (None, None)
-                out[(r["name"], d)] = (k_sum / n_sum, lo, hi, int(n_sum))
+    return sorted({k.depth for k in keys}), pooled, where
+
+
+def depth_table(rows: list[dict], task: str, window: int | None) -> tuple[list[float], dict, str]:
+    """Accuracy per depth pooled over lengths (past the native window when any were evaluated there).
+
+    Returns (depths, {(row name, depth): (accuracy, lo, hi, n)}, which lengths were pooled).
+    """
+    depths, lengths, where = depth_lengths(rows, task, window)
+    out = {(r["name"], d): cell for r in rows for d in depths
+           if (cell := pooled_accuracy(r, task, lengths, [d])) is not None}
     return depths, out, where
 
 
@@ -454,6 +466,71 @@ def lengthless_section(rows: list[dict]) -> list[str]:
             *_table(["experiment", *tasks], body, 1)]
 
 
+CLAIM_BUDGET = 100  # "fine-tuning on about 100 samples" (Entropy-ABF, arXiv 2401.07004)
+FLAT_PPL = 1.2  # "flat perplexity": perplexity at 4 x window within 1.2 x its value at the window
+MIDDLE = (0.25, 0.75)  # CREAM's "middle" of the context (arXiv 2406.07138): depths in this range
+
+
+def near_budget(rows: list[dict], method: str, budget: int = CLAIM_BUDGET) -> dict | None:
+    """The method's fine-tuned run whose budget is closest to ``budget`` (log scale); None without one."""
+    runs = [r for r in rows if r["params"].get("method") == method and r["budget"]]
+    return min(runs, key=lambda r: abs(math.log(r["budget"] / budget)), default=None)
+
+
+def claim_entropy_abf(rows: list[dict]) -> str:
+    picks = {m: near_budget(rows, m) for m in ("entropy_abf", "abf", "pi")}
+    eff = {m: None if r is None else get(r, "passkey", detail="effective_length") for m, r in picks.items()}
+    head = f"Entropy-ABF ≥ ABF > PI in passkey effective length after ~{CLAIM_BUDGET} fine-tuning sequences"
+    if any(v is None for v in eff.values()):
+        return f"- {head}: not measured (needs fine-tuned entropy_abf, abf and pi runs with an effective length)."
+    ok = eff["entropy_abf"] >= eff["abf"] > eff["pi"]
+    nums = "; ".join(f"{m} {int(eff[m])} (`{r['name']}`, budget {r['budget']})" for m, r in picks.items())
+    return f"- {head}: **{'reproduces' if ok else 'does not reproduce'}**: {nums}."
+
+
+def claim_selfextend(rows: list[dict], window: int | None) -> str:
+    head = "SelfExtend ≥ 90% passkey at 4 × the native window with flat perplexity"
+    length = 4 * window if window else None
+    runs = [r for r in rows if r["params"].get("method") == "selfextend" and get(r, "passkey", length) is not None]
+    if not runs:
+        return f"- {head}: not measured (needs a selfextend run evaluated at {length or '4 × window'})."
+    r = max(runs, key=lambda r: get(r, "passkey", length))
+    acc, ppl_long, ppl_window = get(r, "passkey", length), get(r, "ppl", length), get(r, "ppl", window)
+    flat = ppl_long is not None and ppl_window is not None and ppl_long <= FLAT_PPL * ppl_window
+    ok = acc >= 0.9 and flat
+    ppl = (f"perplexity {fmt_value('ppl', ppl_long)} at {length} vs {fmt_value('ppl', ppl_window)} at {window}"
+           f" ({'flat' if flat else 'not flat'}: limit {FLAT_PPL} ×)")
+    return f"- {head}: **{'reproduces' if ok else 'does not reproduce'}**: {fmt_run(r, 'passkey', length)}; {ppl}."
+
+
+def claim_cream(rows: list[dict], window: int | None) -> str:
+    head = f"CREAM better than PoSE at middle depths ({MIDDLE[0]:g}–{MIDDLE[1]:g})"
+    depths, lengths, where = depth_lengths(rows, "passkey", window)
+    middle = [d for d in depths if MIDDLE[0] <= d <= MIDDLE[1]]
+    best = {}
+    for method in ("cream", "pose"):
+        cells = [(c, r) for r in rows if r["params"].get("method") == method
+                 and (c := pooled_accuracy(r, "passkey", lengths, middle)) is not None]
+        best[method] = max(cells, key=lambda cr: cr[0][0], default=None)
+    if not middle or None in best.values():
+        return f"- {head}: not measured (needs cream and pose runs with passkey depths in that range)."
+    (c, cr), (p, pr) = best["cream"], best["pose"]
+    if c[0] > p[0] and c[1] is not None and p[2] is not None and c[1] > p[2]:
+        verdict = "reproduces (95% intervals disjoint)"
+    elif c[0] > p[0]:
+        verdict = "CREAM higher, not separated (intervals overlap)"
+    else:
+        verdict = "does not reproduce"
+    run = lambda acc, r: f"`{r['name']}` {acc[0]:.0%}{fmt_interval(acc[1], acc[2])} (n = {acc[3]})"  # noqa: E731
+    return f"- {head}, pooled over {where}: **{verdict}**: cream {run(c, cr)} vs pose {run(p, pr)}."
+
+
+def claims_section(rows: list[dict], window: int | None) -> list[str]:
+    """The seed claims of issue 13, each stated with its numbers and a verdict (or why it is not measured)."""
+    return ["## The papers' claims on this model", "",
+            claim_entropy_abf(rows), claim_selfextend(rows, window), claim_cream(rows, window), ""]
+
+
 def efficiency_task(rows: list[dict]) -> str | None:
     """The task the data-efficiency outcome uses: passkey when it has an effective length, else the first that has."""
     tasks = [t for t in tasks_of(rows) if any(get(r, t, detail="effective_length") is not None for r in rows)]
@@ -525,6 +602,8 @@ def render_markdown(rows: list[dict], plots: dict[str, str] | None = None, sourc
     if POSITION_PLOT in plots.values():
         lines += [f"![perplexity by position]({POSITION_PLOT})", ""]
     lines += efficiency_section(ranked, plots.get("efficiency"))
+    if ranked:
+        lines += claims_section(ranked, window)
     if missing:
         names = ", ".join(f"`{r['name']}`" + (f" ({r['state']})" if r["state"] else "") for r in missing)
         lines += [f"Without `{METRICS_FILE}` metrics (queued, failed or pre-pipeline revisions): {names}.", ""]

@@ -220,7 +220,7 @@ def test_training_budget_reads_the_recipe():
     assert training_budget(params) == 3200  # the recipe's steps x grad_accum, not train.steps
 
 
-def _experiment(root, method, steps, scores, native=4096, target=8192):
+def _experiment(root, method, steps, scores, native=4096, target=8192, ppl=None):
     """A folder with params.yaml and metrics/summary.json as the pipeline writes them (n = 50 per cell)."""
     per = {"base": {"info.native_window": native}, "extended": {"info.native_window": native}}
     rng = random.Random(f"{method}{steps}")
@@ -233,7 +233,7 @@ def _experiment(root, method, steps, scores, native=4096, target=8192):
         samples = [_sample("passkey", n, 0.5, i) for n in oks for i in range(50)]
         per[model].update(accuracy_metrics(samples, [ok for n in oks for ok in oks[n]]))
         for length in (2048, 4096, 8192, 16384):
-            per[model][f"ppl.{length}"] = 10.0 + length / 1024 / (1 + steps)
+            per[model][f"ppl.{length}"] = (ppl or {}).get(length, 10.0 + length / 1024 / (1 + steps))
             for b in range(4):
                 per[model][f"ppl.{length}.bucket{b}"] = 10.0 + b
     folder = root / f"{method}-{steps}"
@@ -349,3 +349,28 @@ def test_report_cli_joins_saved_exp_show_json(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| yarn-0 | 0000000 | yarn |" in md and "| pose-0 | 1111111 | pose |" in md
     assert "`call0.json`, `call1.json`" in md
+
+
+def test_report_states_the_claims(tmp_path):
+    """Each seed claim gets a verdict with its numbers: Entropy-ABF >= ABF > PI near 100 sequences, SelfExtend
+    at 4 x window with flat perplexity, CREAM over PoSE at middle depths (native window 4096 here)."""
+    root = tmp_path / "runs"
+    runs = [_experiment(root, "entropy_abf", 17, [1.0, 1.0, 1.0, 0.96]),  # budget 17 x 2 x 3 = 102: the one read
+            _experiment(root, "entropy_abf", 100, [1.0, 0.2, 0.0, 0.0]),  # budget 600: farther from 100
+            _experiment(root, "abf", 17, [1.0, 1.0, 0.96, 0.5]),
+            _experiment(root, "pi", 17, [1.0, 0.9, 0.3, 0.0]),
+            _experiment(root, "selfextend", 0, [1.0, 1.0, 0.96, 0.94], ppl={4096: 10.0, 16384: 11.5}),
+            _experiment(root, "cream", 17, [1.0, 1.0, 0.96, 0.9]),
+            _experiment(root, "pose", 17, [1.0, 1.0, 0.5, 0.3])]
+    md = write_report(tmp_path / "report", show=summaries_as_show(runs)).read_text()
+    claims = md[md.index("## The papers' claims"):]
+    assert ("**reproduces**: entropy_abf 16384 (`entropy_abf-17`, budget 102); abf 8192 (`abf-17`, budget 102); "
+            "pi 4096 (`pi-17`, budget 102)." in claims)
+    assert "with flat perplexity: **reproduces**: `selfextend-0` (selfextend) 94% [84–98]" in claims
+    assert "perplexity 11.50 at 16384 vs 10.00 at 4096 (flat" in claims
+    assert "**reproduces (95% intervals disjoint)**: cream `cream-17` 93% [86–97] (n = 100) vs pose `pose-17` 40%" in claims
+    runs[4] = _experiment(root, "selfextend", 0, [1.0, 1.0, 0.96, 0.94], ppl={4096: 10.0, 16384: 13.0})
+    md = write_report(tmp_path / "report", show=summaries_as_show(runs[4:5])).read_text()
+    assert "flat perplexity: **does not reproduce**" in md and "(not flat: limit 1.2 ×)" in md
+    assert "Entropy-ABF ≥ ABF > PI in passkey effective length after ~100 fine-tuning sequences: not measured" in md
+    assert "CREAM better than PoSE at middle depths (0.25–0.75): not measured" in md
