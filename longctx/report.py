@@ -53,14 +53,12 @@ def plot_file(task: str) -> str:
 
 
 def with_recipe(params: dict) -> dict:
-    """The params a run really used: ``recipe: <name>`` merged over data/train (``longctx.recipes``).
+    """The params a run really used: ``recipe: <name>`` merged over data/train (``params.apply_recipe``).
 
-    Revisions from before recipes existed (or with a broken recipe) are read as they are.
+    Revisions from before recipes existed, or with a recipe that does not resolve, are read as they are.
     """
-    try:
-        from longctx.recipes import apply_recipe
-    except ImportError:
-        return params
+    from longctx.params import apply_recipe
+
     try:
         return apply_recipe(params)
     except ValueError:

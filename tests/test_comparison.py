@@ -214,7 +214,6 @@ def test_training_budget():
 
 
 def test_training_budget_reads_the_recipe():
-    pytest.importorskip("longctx.recipes")
     params = {"recipe": "paper", "recipes": {"paper": {"train": {"steps": 100, "grad_accum": 32}}},
               "train": {"steps": 10, "batch_size": 1, "grad_accum": 1}}
     assert training_budget(params) == 3200  # the recipe's steps x grad_accum, not train.steps
