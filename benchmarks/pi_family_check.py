@@ -105,7 +105,7 @@ def main():
                                  "--seq-len", str(c["seq_len"]), "--lr", str(c["lr"])])
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32).to("cuda" if torch.cuda.is_available() else "cpu").eval()
+            model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32, trust_remote_code=False).to("cuda" if torch.cuda.is_available() else "cpu").eval()
         elif c["impl"] == "ours":
             tp = TrainParams(steps=c["steps"], mode="full", seq_len=c["seq_len"], lr=c["lr"], scheduler="cosine")
             summary = finetune(ext_dir, data_file, out_dir, tp, checkpoint_dir=work / "ckpt")

@@ -36,11 +36,12 @@ def main(argv=None) -> dict:
 
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = AutoConfig.from_pretrained(args.base)
+    config = AutoConfig.from_pretrained(args.base, trust_remote_code=False)
     config.rope_parameters = {"rope_type": "linear", "factor": args.factor,
                               "rope_theta": config.rope_parameters["rope_theta"]}
     config.max_position_embeddings = int(config.max_position_embeddings * args.factor)
-    model = AutoModelForCausalLM.from_pretrained(args.base, config=config, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(args.base, config=config, dtype=torch.float32,
+                                                 trust_remote_code=False).to(device)
     model.train()
 
     rows = [json.loads(line) for line in open(args.data) if line.strip()]
