@@ -227,6 +227,10 @@ def make_extended_model(base_dir: Path, out_dir: Path, method: str, method_param
     ext = build_extension(method, method_params, target_length, window, base_rope, head_dim(config),
                           config.max_position_embeddings)
     check_sliding_window(config, ext)
+    if ext.rope_parameters is None and target_length > config.max_position_embeddings:
+        warnings.warn(f"{type(config).__name__} has learned positions for {config.max_position_embeddings} tokens and "
+                      f"no RoPE: no input can be longer (target_length {target_length}); keep eval.lengths <= "
+                      f"{config.max_position_embeddings}", stacklevel=2)
     set_rope(config, ext)
     if ext.attention:
         config.longctx_extension = dict(ext.attention)
