@@ -730,6 +730,7 @@ def parse_params(raw: dict) -> Params:
     for key in raw:
         if key not in TOP_LEVEL:
             raise unknown_key_error("", key, TOP_LEVEL)
+    raw_before_recipe = raw
     try:  # recipe: <name> merges recipes.<name> over the data/train blocks
         raw = apply_recipe(raw)
     except ValueError as e:
@@ -759,7 +760,21 @@ def parse_params(raw: dict) -> Params:
         eval=build(EvalParams, raw.get("eval"), "eval"),
     )
     check_combinations(params)
+    _check_every_recipe(raw_before_recipe)
     return params
+
+
+def _check_every_recipe(raw: dict) -> None:
+    """A recipe not chosen now is still checked, so a typo in it is found before someone picks it."""
+    for name in raw.get("recipes") or {}:
+        if name == raw.get("recipe", Params.recipe):
+            continue
+        merged = apply_recipe({**raw, "recipe": name})
+        try:
+            DataParams.from_dict(merged.get("data"))
+            build(TrainParams, merged.get("train"), "train")
+        except ParamsError as e:
+            raise ParamsError(f"recipes.{name}.{e}") from None
 
 
 def check_combinations(p: Params) -> None:

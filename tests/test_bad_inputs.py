@@ -129,6 +129,11 @@ PARAMS_CASES = [
      r"^data.sources\[0\].path_or_id: no/such/chats.jsonl: no such file or folder"),
     ({"data__sources": [{"type": "sharegpt"}]}, r"^data.sources\[0\].path_or_id: required for type 'sharegpt'"),
     ({"model__name_or_path": "shape:llama-9000"}, r"^model.name_or_path: 'shape:llama-9000' is not allowed"),
+    # recipes: the one in force and every other one
+    ({"recipe": "cream_chta"}, r"^recipe: unknown recipe 'cream_chta'"),
+    ({"recipes__mine": {"train": {"stpes": 5}}}, r"^recipes.mine.train.stpes: unknown key; did you mean 'steps'\?"),
+    ({"recipes__mine": {"data": {"num_samples": 1.5}}}, r"^recipes.mine.data.num_samples: expected a whole number"),
+    ({"recipes__mine": {"eval": {}}}, r"^recipes.mine.eval: a recipe sets only data and train"),
 ]
 
 
