@@ -22,6 +22,7 @@ other ``longctx`` module, so anything (``methods.py``, ``kernels.py``, ``data``)
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -31,8 +32,6 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import copy
 
 import yaml
 

@@ -27,7 +27,6 @@ import yaml
 
 from longctx.io import atomic_write_json, copy_file
 from longctx.params import (
-    MAX_LENGTH,
     ModelFacts,
     ParamsError,
     check_against_model,
