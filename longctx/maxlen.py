@@ -100,7 +100,7 @@ def build_step(model_dir: str | Path, tp: TrainParams, dtype: str = "auto", devi
     from longctx.modeling import load_model, pick_device, read_extension
     from longctx.training.batching import batch_inputs
     from longctx.training.loss import LossFn
-    from longctx.training.optim import trainable_model
+    from longctx.training.trainable import trainable_model
 
     device = torch.device(device) if device is not None else pick_device()
     autocast = device.type == "cuda" and dtype == "auto"

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from longctx.params import LoraParams, TrainParams
-from longctx.training import finetune, recipe
+from longctx.training import finetune, trainable
 from longctx.training.checkpoint import OPTIMIZER_FILE, STATE_FILE, train_fingerprint
 from longctx.training.finite import NonFiniteError, check_finite, global_norm
 from longctx.training.signals import StopSignals
@@ -64,7 +64,7 @@ def test_nonfinite_loss_stops_with_nothing_written(base_dir, tmp_path):  # noqa:
 @pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])  # the norm from clipping, or computed for the check
 def test_nonfinite_gradient_stops_with_nothing_written(base_dir, tmp_path, monkeypatch, max_grad_norm):  # noqa: F811
     ext_dir, sft = _tiny_run_setup(base_dir, tmp_path)
-    real = recipe.trainable_model
+    real = trainable.trainable_model
 
     def poisoned_from_step_2(model, tp):  # the loss stays finite; one gradient turns NaN at step 2
         model, params, optimizer = real(model, tp)
@@ -72,7 +72,7 @@ def test_nonfinite_gradient_stops_with_nothing_written(base_dir, tmp_path, monke
         params[0].register_hook(lambda g: calls.append(1) or (g * float("nan") if len(calls) >= 2 else g))
         return model, params, optimizer
 
-    monkeypatch.setattr(recipe, "trainable_model", poisoned_from_step_2)
+    monkeypatch.setattr(trainable, "trainable_model", poisoned_from_step_2)
     tp = TrainParams(steps=3, mode="lora", seq_len=32, max_grad_norm=max_grad_norm, lora=LORA)
     steps = []
     with pytest.raises(NonFiniteError, match=r"^finetune: step 2: non-finite gradient;"):

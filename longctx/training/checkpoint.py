@@ -33,6 +33,7 @@ import torch
 from longctx.io import atomic_write_json
 from longctx.modeling import EXTENSION_FILE
 from longctx.params import TrainParams
+from longctx.training.trainable import Trainable
 
 FORMAT = "longctx-checkpoint-1"  # trainer_state.json "format"; anything else is not read
 STATE_FILE = "trainer_state.json"
@@ -124,13 +125,13 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, meta
 
 
-def save_checkpoint(accelerator, ckpt_dir: Path, step: int, state: dict, model, optimizer, scheduler,
-                    keep: int) -> Path:
+def save_checkpoint(t: Trainable, ckpt_dir: Path, step: int, state: dict, keep: int) -> Path:
     """Write ``step_<k>`` (see the module docstring) under a temporary name, then rename it, so a crash never
     leaves a half checkpoint that looks complete; keep the newest ``keep``. Every process takes part."""
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
+    accelerator, model = t.accelerator, t.model
     ckpt_dir = Path(ckpt_dir)
     final, tmp = ckpt_dir / f"step_{step}", ckpt_dir / f".tmp_step_{step}"
     if accelerator.is_main_process:
@@ -147,14 +148,14 @@ def save_checkpoint(accelerator, ckpt_dir: Path, step: int, state: dict, model, 
     if accelerator.is_main_process and len(weights) != len(trainable):
         raise RuntimeError(f"checkpoint: {len(trainable) - len(weights)} trainable weights not found in the "
                            "state dict (parameter names do not match)")
-    optim = get_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), options=options)
+    optim = get_optimizer_state_dict(model, getattr(t.optimizer, "optimizer", t.optimizer), options=options)
     rng, rng_meta = _rng_state()
     save_file(rng, str(tmp / rng_file(accelerator.process_index)), metadata=rng_meta)
     if accelerator.is_main_process:
         save_file(_unshared(weights), str(tmp / MODEL_FILE))
-        save_file(_unshared({f"{name}/{key}": t for name, per in optim["state"].items() for key, t in per.items()}),
+        save_file(_unshared({f"{name}/{key}": v for name, per in optim["state"].items() for key, v in per.items()}),
                   str(tmp / OPTIMIZER_FILE))
-        atomic_write_json(tmp / STATE_FILE, {"format": FORMAT, **state, "scheduler": scheduler.state_dict(),
+        atomic_write_json(tmp / STATE_FILE, {"format": FORMAT, **state, "scheduler": t.scheduler.state_dict(),
                                              "param_groups": optim["param_groups"]})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -214,21 +215,21 @@ def read_checkpoint(path: Path, rank: int, num_processes: int) -> Checkpoint:
     return Checkpoint(path, state, model, optimizer, rng, rng_meta)
 
 
-def restore(ckpt: Checkpoint, model, optimizer, scheduler) -> None:
+def restore(ckpt: Checkpoint, t: Trainable) -> None:
     """Put model weights, optimizer, scheduler and this process's generators back to the checkpoint's step."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    missing, unexpected = set_model_state_dict(model, ckpt.model, options=_state_dict_options(strict=False))
+    _, unexpected = set_model_state_dict(t.model, ckpt.model, options=_state_dict_options(strict=False))
     if unexpected:
         raise CheckpointError(f"{ckpt.path}/{MODEL_FILE}: weights the model does not have: {sorted(unexpected)[:3]}")
     per_param: dict[str, dict] = {}
-    for key, t in ckpt.optimizer.items():
+    for key, tensor in ckpt.optimizer.items():
         name, field = key.rsplit("/", 1)
-        per_param.setdefault(name, {})[field] = t
+        per_param.setdefault(name, {})[field] = tensor
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in ckpt.state["param_groups"]]
-    set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer),
+    set_optimizer_state_dict(t.model, getattr(t.optimizer, "optimizer", t.optimizer),
                              {"state": per_param, "param_groups": groups}, options=_state_dict_options())
-    scheduler.load_state_dict(ckpt.state["scheduler"])
+    t.scheduler.load_state_dict(ckpt.state["scheduler"])
     torch.set_rng_state(ckpt.rng["torch"])
     if torch.cuda.is_available():
         torch.cuda.set_rng_state_all([ckpt.rng[f"cuda_{i}"] for i in range(torch.cuda.device_count())])
@@ -274,6 +275,24 @@ def select_resume(ckpt_dir: Path, fingerprint: str, num_processes: int) -> Check
             except CheckpointError as e:
                 set_aside(path, str(e))
     return found
+
+
+def resume(t: Trainable, ckpt_dir: Path, fingerprint: str) -> dict | None:
+    """Every process: restore the checkpoint the main process chose (``select_resume``); its trainer state,
+    or None to start from scratch."""
+    from accelerate.utils import broadcast
+
+    acc = t.accelerator
+    found = select_resume(ckpt_dir, fingerprint, acc.num_processes) if acc.is_main_process else None
+    chosen = torch.tensor([found.state["step"] if found else -1], device=acc.device)
+    chosen = int(broadcast(chosen)[0]) if acc.num_processes > 1 else int(chosen[0])
+    if chosen < 0:
+        return None
+    ckpt = found or read_checkpoint(Path(ckpt_dir) / f"step_{chosen}", acc.process_index, acc.num_processes)
+    restore(ckpt, t)
+    if acc.is_main_process:
+        print(f"finetune: resuming from {ckpt.path} (step {chosen} of {ckpt.state['steps']})")
+    return ckpt.state
 
 
 def clear_checkpoints(ckpt_dir: Path) -> None:

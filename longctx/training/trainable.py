@@ -1,13 +1,51 @@
-"""The trainable model (kernels, checkpointing, LoRA), AdamW over what is trainable, and the LR schedule."""
+"""The trainable model: loaded, with kernels, checkpointing and LoRA as asked; AdamW over what is trainable;
+the learning-rate schedule; all prepared by Accelerate."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import torch
 
 from longctx.kernels import apply_liger, checkpointing_kwargs, compile_layers
+from longctx.methods import Extension
+from longctx.modeling import load_model
 from longctx.params import TrainParams
+from longctx.training.loss import LossFn
+
+
+@dataclasses.dataclass
+class Trainable:
+    """What one optimizer step touches (the model and optimizer as Accelerate prepared them)."""
+
+    accelerator: object
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]  # the trainable ones
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    loss_fn: LossFn
+
+
+def build_trainable(accelerator, extended_dir: Path, ext: Extension, tp: TrainParams, dtype: str) -> Trainable:
+    """Load the extended model (float32 master weights; on GPU the forward runs in bf16 under autocast), make it
+    trainable, and prepare it with its optimizer. The scheduler stays unprepared: Accelerate's wrapper steps it
+    once per process, the recipe steps it once per optimizer step."""
+    from accelerate.utils import DistributedType
+
+    if ext.attention and tp.attn_implementation != "sdpa":
+        print(f"finetune: {ext.method} runs its own attention; train.attn_implementation={tp.attn_implementation} "
+              "is not used")
+    model = load_model(extended_dir, dtype="float32" if dtype == "auto" else dtype, device=accelerator.device,
+                       attn_implementation=tp.attn_implementation)
+    model.config.use_cache = False
+    model, params, optimizer = trainable_model(model, tp)
+    scheduler = lr_scheduler(optimizer, tp)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        params = [p for p in model.parameters() if p.requires_grad]
+    return Trainable(accelerator, model, params, optimizer, scheduler, LossFn(model, fused=tp.fused_ce, liger=tp.liger))
 
 
 def trainable_model(model, tp: TrainParams):
