@@ -338,3 +338,61 @@ def test_fsdp2_config_wraps_each_architectures_decoder_layer(bases):
         model = plain_model(bases[arch], arch)
         layer_classes = {type(m).__name__ for m in model.modules() if type(m).__name__.endswith(("DecoderLayer", "Block"))}
         assert layer_classes and layer_classes <= set(model._no_split_modules), (arch, layer_classes)
+
+
+# --------------------------------------------------------------------------- other released scalings
+
+
+OTHER_SCALINGS = {
+    # Phi-3-128k style: LongRoPE factors per rotated pair (partial rotary 0.5: 4 pairs), pre-training window 16
+    "longrope": lambda: T.Phi3Config(**{**COMMON, "max_position_embeddings": 64}, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+        "short_factor": [1.0, 1.1, 1.3, 1.6], "long_factor": [1.0, 1.5, 2.5, 4.0],
+        "original_max_position_embeddings": 16}),
+    # a YaRN model (DeepSeek / Qwen2.5-with-YaRN style), with DeepSeek's mscale pair
+    "yarn": lambda: T.Qwen2Config(**COMMON, rope_parameters={
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+        "mscale": 0.707, "mscale_all_dim": 0.707}),
+}
+
+
+@pytest.fixture(scope="module")
+def scaled_bases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scaled")
+    vocab = {f"t{i}": i for i in range(128)}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
+                                  eos_token="t1", bos_token="t1", pad_token="t0")
+    out = {}
+    for name, make in OTHER_SCALINGS.items():
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(make()).save_pretrained(root / f"{name}-src")
+        tok.save_pretrained(root / f"{name}-src")
+        materialize_base_model(str(root / f"{name}-src"), root / name)
+        out[name] = root / name
+    return out
+
+
+@pytest.mark.parametrize("kind", list(OTHER_SCALINGS))
+def test_released_scaling_kept_by_none(kind, scaled_bases, tmp_path):
+    """method none: the model's own LongRoPE / YaRN frequencies (checked by verify_rope against longctx.rope's
+    formulas at load) and its logits stay exactly as they were; other methods are refused."""
+    make_extended_model(scaled_bases[kind], tmp_path / "none", "none", {}, TARGET)
+    model = load_model(tmp_path / "none", dtype="float32", device="cpu")
+    base = plain_model(scaled_bases[kind], kind)
+    assert model.config.rope_parameters == base.config.rope_parameters
+    assert torch.equal(rotary_embedding(model).inv_freq, rotary_embedding(base).inv_freq)
+    ids = torch.randint(2, 128, (1, 48), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, base(ids).logits, atol=1e-6)
+    with pytest.raises(ValueError, match=SCALED):
+        make_extended_model(scaled_bases[kind], tmp_path / "abf", "abf", {}, TARGET)
+
+
+def test_yarn_base_scaled_further_by_yarn(scaled_bases, tmp_path):
+    """yarn on a YaRN model: factor 4 x (256 / 64) over the same 16-token pre-training window, mscale kept."""
+    make_extended_model(scaled_bases["yarn"], tmp_path / "x", "yarn", {}, TARGET)
+    model = load_model(tmp_path / "x", dtype="float32", device="cpu")
+    base_rope = plain_model(scaled_bases["yarn"], "yarn").config.rope_parameters
+    want, scale = transformers_inv_freq(model.config, {**base_rope, "factor": 16.0}, TARGET)
+    assert torch.allclose(rotary_embedding(model).inv_freq.double(), want, rtol=1e-6)
+    assert float(rotary_embedding(model).attention_scaling) == pytest.approx(scale)
