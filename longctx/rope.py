@@ -23,9 +23,12 @@ def rotary_dim(head_dim: int, partial_rotary_factor: float = 1.0) -> int:
     return int(head_dim * partial_rotary_factor)
 
 
-def default_inv_freq(dim: int, base: float) -> torch.Tensor:
-    """Original RoPE (Su et al. 2021, arXiv 2104.09864, Eq. 15): theta_i = base^(-2i/d)."""
-    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+def default_inv_freq(dim: int, base: float, device=None) -> torch.Tensor:
+    """Original RoPE (Su et al. 2021, arXiv 2104.09864, Eq. 15): theta_i = base^(-2i/d).
+
+    ``device``: build it there (an attention function on the GPU then needs no host-to-device copy, which
+    would synchronise the host with the GPU in every layer)."""
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim))
 
 
 def pi_inv_freq(dim: int, base: float, factor: float) -> tuple[torch.Tensor, float]:

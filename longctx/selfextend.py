@@ -154,19 +154,24 @@ def _positions(position_ids, batch: int, q_len: int, kv_len: int, device) -> tup
     return q_pos, k_pos
 
 
-def _rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` (b, h, n, d) by the RoPE angle of ``delta`` (b, n) positions, in float32.
+def _rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor,
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rotate ``x`` (b, h, n, d) by the RoPE angle of ``delta`` (b, n) positions, in ``dtype``.
 
     Same convention as transformers' ``apply_rotary_pos_emb``: cos/sin of ``cat(freqs, freqs)`` with rotate_half,
     applied to the first ``2 * len(inv_freq)`` channels; the rest pass through (partial rotary, e.g. Phi-3).
+    The angles and their cos/sin are always computed in float32; with ``dtype`` the model's bf16, the product is
+    taken in bf16 like transformers' own rotation (the decode path: no float32 copy of the KV cache).
     """
     freqs = delta.to(torch.float32)[:, None, :, None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
-    x = x.to(torch.float32)
+    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+    x = x.to(dtype)
     rot, rest = x[..., : emb.shape[-1]], x[..., emb.shape[-1]:]
     half = rot.shape[-1] // 2
     rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
-    return torch.cat((rot * emb.cos() + rotated_half * emb.sin(), rest), dim=-1)
+    rotated = rot * cos + rotated_half * sin
+    return rotated if rest.shape[-1] == 0 else torch.cat((rotated, rest), dim=-1)
 
 
 def _log_scale(q_pos: torch.Tensor, scale_base: float) -> torch.Tensor:
@@ -304,6 +309,60 @@ def _selfextend_blockwise(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Decode path: one query per row, keys from the KV cache, in the model dtype
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _selfextend_decode(query, key, value, q_pos, attention_mask, scaling, window, group_size, inv_freq,
+                       scale_base=0.0, softcap=None, dropout=0.0, training=False):
+    """SelfExtend for ONE query per row (a decoding step), without float32 copies of the cache or host syncs.
+
+    The cache holds keys at contiguous positions ending at the query's, so key ``j`` is ``kv_len - 1 - j`` tokens
+    away in every row (left padding included: padding slots are hidden by the mask). The grouped keys
+    (distance >= W) are therefore the slice ``[0, kv_len - W)`` and the neighbour keys the slice
+    ``[kv_len - W, kv_len)`` -- two static slices, no data-dependent span. Only the grouped slice is rotated
+    again (by ``n // G - n``, paper eq. for the grouped key position), in the model dtype. The two score rows are
+    concatenated in key order and go through ONE softmax, as in the paper; with one query the scores are small
+    (b, h_q, kv_len) and are kept in float32. The query-key products run in the model dtype (as transformers'
+    eager attention), the softmax in float32, the probabilities times values in the model dtype.
+
+    query (b, h_q, 1, d) rotated at its true position, key/value (b, h_kv, kv_len, d) from the cache.
+    Returns (b, h_q, 1, d) in ``query.dtype``.
+    """
+    batch, h_q, _, head_dim = query.shape
+    h_kv, kv_len = key.shape[1], key.shape[2]
+    dtype = key.dtype
+    split = max(kv_len - window, 0)  # keys [0, split) are grouped, [split, kv_len) neighbours
+
+    q_true = q_pos.clamp(min=0)  # (b, 1)
+    q_n = query.to(torch.float32)
+    if scale_base > 0:
+        q_n = q_n * _log_scale(q_pos, scale_base)
+    q_g = _rotate(q_n, q_true // group_size + window - window // group_size - q_true, inv_freq)
+
+    def by_kv_head(q):  # (b, h_q, 1, d) -> (b, h_kv, groups, d): shared KV heads broadcast, never repeated
+        return q.to(dtype).view(batch, h_kv, h_q // h_kv, head_dim)
+
+    scores = []
+    if split > 0:
+        k_pos = (q_pos[:, -1:] - (kv_len - 1 - torch.arange(split, device=key.device))).clamp(min=0)
+        k_g = _rotate(key[:, :, :split], k_pos // group_size - k_pos, inv_freq, dtype)
+        scores.append(torch.matmul(by_kv_head(q_g), k_g.transpose(-1, -2)))
+    scores.append(torch.matmul(by_kv_head(q_n), key[:, :, split:].transpose(-1, -2)))
+    scores = torch.cat(scores, dim=-1).to(torch.float32) * scaling  # (b, h_kv, groups, kv_len)
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
+    if attention_mask is not None:
+        mask = attention_mask[:, :, -1, :kv_len]  # (b, 1, kv_len)
+        bias = torch.where(mask, 0.0, float("-inf")) if mask.dtype == torch.bool else mask.to(torch.float32)
+        scores = scores + bias[:, :, None, :]
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a row with no visible key gives 0, like SDPA
+    probs = F.dropout(probs, p=dropout, training=training)
+    out = torch.matmul(probs.to(value.dtype), value)  # (b, h_kv, groups, d)
+    return out.reshape(batch, h_q, 1, head_dim)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # CUDA path: two flex_attention passes merged by log-sum-exp
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -419,7 +478,11 @@ def selfextend_attention(
     q_pos, k_pos = _positions(position_ids, batch, q_len, kv_len, device)
     rope_parameters = module.config.rope_parameters
     rotary_dim = rope.rotary_dim(head_dim, rope_parameters.get("partial_rotary_factor", 1.0))
-    inv_freq = rope.default_inv_freq(rotary_dim, rope_parameters["rope_theta"]).to(device=device, dtype=torch.float32)
+    inv_freq = rope.default_inv_freq(rotary_dim, rope_parameters["rope_theta"], device).to(torch.float32)
+    if q_len == 1 and kv_len > 1:  # a decoding step from the KV cache
+        out = _selfextend_decode(query, key, value, q_pos, attention_mask, scaling, window, group_size, inv_freq,
+                                 scale_base, softcap, dropout, module.training)
+        return out.to(query.dtype).transpose(1, 2).contiguous(), None
     # Paper eq.: grouped query position m // G + W - W // G, grouped key position n // G (integer division).
     # Padding slots may carry negative inferred positions; clamp them so the floor stays meaningful (masked anyway).
     q_true, k_true = q_pos.clamp(min=0), k_pos.clamp(min=0)
@@ -434,8 +497,8 @@ def selfextend_attention(
     k_g = _rotate(k_n, k_group_delta, inv_freq)
 
     is_bool_mask = attention_mask is None or attention_mask.dtype == torch.bool
-    # flex_attention for long query chunks on CUDA; decoding steps (a few queries) are cheap on the general path
-    # and would otherwise trigger a flex recompilation per cache length.
+    # flex_attention for long query chunks on CUDA; a few queries (e.g. speculative or chunked decoding) are cheap
+    # on the general path and would otherwise trigger a flex recompilation per cache length.
     if query.is_cuda and q_len >= FLEX_MIN_QUERIES and dropout == 0.0 and is_bool_mask:
         dtype = query.dtype
         out = _selfextend_flex(

@@ -412,3 +412,77 @@ def test_usable_length_and_target_check():
     assert check_selfextend_target(4096, 5, 1024, 15800)
     with pytest.warns(UserWarning, match="smallest group_size that covers it: 6"):
         assert not check_selfextend_target(4096, 5, 1024, 17000)
+
+
+# --------------------------------------------------------------------------- decode path (one query, KV cache)
+
+
+@pytest.mark.parametrize("G, W, n, extra", [(2, 4, 3, {}), (3, 5, 26, {}), (4, 8, 40, {"scale_base": 8.0}),
+                                            (2, 6, 30, {"softcap": 5.0}), (4, 64, 20, {})])
+def test_decode_step_matches_reference(G, W, n, extra):
+    """One query per row over the whole cache, left padding in row 1: the decode path equals the reference."""
+    b = 2
+    q0, k0, v = random_case(b, n, seed=n + 100)
+    idx = torch.arange(n)
+    pad = torch.tensor([0, 3])
+    pos = (idx[None, :] - pad[:, None]).clamp(min=0)
+    visible = (idx[None, :] >= pad[:, None])[:, None, :]  # (b, 1 query, kv)
+    softcap = extra.get("softcap")
+    module = fake_module(G, W, **{k: v_ for k, v_ in extra.items() if k != "softcap"})
+    ref = reference(q0[:, :, -1:], k0, v, pos[:, -1:], pos, G, W, visible, extra.get("scale_base", 0.0), softcap)
+    q = rope(q0.double(), pos).float()[:, :, -1:]
+    k = rope(k0.double(), pos).float()
+    out, _ = selfextend_attention(module, q, k, v, visible[:, None], scaling=16**-0.5, position_ids=pos[:, -1:],
+                                  softcap=softcap)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    # bf16 inputs, as a bf16 model's cache holds them: within bf16 rounding of the float64 reference
+    out, _ = selfextend_attention(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), visible[:, None],
+                                  scaling=16**-0.5, position_ids=pos[:, -1:], softcap=softcap)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), ref, atol=4e-2, rtol=4e-2)
+
+
+@torch.no_grad()
+def test_bf16_kv_cache_decoding_matches_float32_full_forward():
+    """A bf16 model decoding 6 steps after a prefill past the window: logits within bf16 error of the float32
+    model's full forward (the blockwise float32 path, checked against the reference above)."""
+    model = tiny_model(G=3, W=5)
+    ids = torch.randint(0, 128, (1, 30), generator=torch.Generator().manual_seed(11))
+    bf16 = tiny_model(G=3, W=5).to(torch.bfloat16)
+    prompt = 24
+    out = bf16(ids[:, :prompt], use_cache=True)
+    cache = out.past_key_values
+    for t in range(prompt, ids.shape[1]):
+        out = bf16(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        full = model(ids[:, : t + 1]).logits[:, -1]
+        torch.testing.assert_close(out.logits[:, -1].float(), full, atol=5e-2, rtol=5e-2)
+
+
+@torch.no_grad()
+def test_decode_step_has_no_host_sync_and_no_float32_cache_copy():
+    """A bf16 decoding step: no op that reads a value back to the host (``.item()``, ``int(t)``, ``nonzero``),
+    and no float32 tensor as large as the cached keys (the cache stays in bf16)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    model = tiny_model(G=3, W=5).to(torch.bfloat16)
+    ids = torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(12))
+    out = model(ids[:, :-1], use_cache=True)
+    cache = out.past_key_values
+    cache_numel = 1 * model.config.num_key_value_heads * ids.shape[1] * 16  # keys of one layer after the step
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            outs = result if isinstance(result, (tuple, list)) else [result]
+            seen.append((str(func), [(o.dtype, o.numel()) for o in outs if isinstance(o, torch.Tensor)]))
+            return result
+
+    with Record():
+        model(ids[:, -1:], past_key_values=cache, use_cache=True)
+    names = {name for name, _ in seen}
+    assert not any("_local_scalar_dense" in n or "nonzero" in n for n in names), sorted(names)
+    big_fp32 = [(n, o) for n, outs in seen for o in outs if o[0] == torch.float32 and o[1] >= cache_numel]
+    assert not big_fp32, big_fp32
