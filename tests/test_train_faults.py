@@ -46,15 +46,20 @@ def test_infinite_lr_stops_at_step_1_with_nothing_written(base_dir, tmp_path):  
     assert not [p for p in (tmp_path / "live").rglob("*") if p.is_file()]  # no training curves either
 
 
-def test_nonfinite_loss_stops_with_nothing_written(base_dir, tmp_path):  # noqa: F811
-    """A NaN in a frozen weight makes the very first loss NaN: the loss is named, not the weight."""
+def _poison_norm_weight(model_dir):
+    """One NaN in the final norm of a saved model (frozen under LoRA): every loss is NaN."""
     from safetensors.torch import load_file, save_file
 
-    ext_dir, sft = _tiny_run_setup(base_dir, tmp_path)
-    weights_file = next(ext_dir.glob("*.safetensors"))
+    weights_file = next(model_dir.glob("*.safetensors"))
     sd = load_file(weights_file)
     sd["model.norm.weight"][0] = float("nan")
     save_file(sd, weights_file, metadata={"format": "pt"})
+
+
+def test_nonfinite_loss_stops_with_nothing_written(base_dir, tmp_path):  # noqa: F811
+    """A NaN in a frozen weight makes the very first loss NaN: the loss is named, not the weight."""
+    ext_dir, sft = _tiny_run_setup(base_dir, tmp_path)
+    _poison_norm_weight(ext_dir)
     tp = TrainParams(steps=2, mode="lora", seq_len=32, lora=LORA)
     with pytest.raises(NonFiniteError, match=r"^finetune: step 1: non-finite loss;"):
         finetune(ext_dir, sft, tmp_path / "out", tp, dtype="float32", checkpoint_dir=tmp_path / "ck")
@@ -265,3 +270,27 @@ def test_stop_signals_first_flags_second_aborts():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.01)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_finetune_stage_reports_divergence_in_one_line(base_dir, tmp_path):  # noqa: F811
+    """Through the stage script: a model that gives a NaN loss ends the stage with one line, exit 1, and no
+    outputs. (`train.lr: .inf` itself is now refused earlier, by the params check, which bounds lr to (0, 1].)"""
+    import yaml
+
+    ext_dir, sft = _tiny_run_setup(base_dir, tmp_path)
+    _poison_norm_weight(ext_dir)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["method"] = "yarn"  # what _tiny_run_setup extended with; the params check compares it with the model
+    params["train"].update({"steps": 2, "seq_len": 32})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "models" / "finetuned"
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "finetune.py"), "--model", str(ext_dir),
+                           "--data", str(sft), "--out", str(out), "--summary", str(tmp_path / "metrics" / "train.json"),
+                           "--live", str(tmp_path / "metrics" / "train")],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: finetune: step 1: non-finite loss;")
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and not (tmp_path / "metrics" / "train.json").exists()
+    assert not [p for p in (tmp_path / "metrics").rglob("*") if p.is_file()]
