@@ -279,7 +279,8 @@ def _launch(tmp_path, name, ext_dir, sft, tp: dict, config=None, stop_at=0):
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
     result = tmp_path / f"{name}.json"
-    args = [str(ext_dir), str(sft), str(tmp_path / name), str(tmp_path / f"ck_{name}"), json.dumps(tp), str(result), str(stop_at)]
+    args = [str(ext_dir), str(sft), str(tmp_path / name), str(tmp_path / f"ck_{name}"), json.dumps(tp), str(result),
+            str(stop_at)]
     if config:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(root / config),
                "--main_process_port", str(_free_port()), str(script), *args]

@@ -72,9 +72,9 @@ def finetune(extended_dir: Path, sft_file: Path, out_dir: Path, tp: TrainParams,
     live = open_live(live_dir, losses, lrs) if live_dir is not None and acc.is_main_process else None
 
     def checkpoint(done: int) -> Path:
-        state = {"step": done, "cursor": done * per_step, "losses": losses, "lrs": lrs, "tokens": tokens,
-                 "fingerprint": fingerprint, "steps": tp.steps, "num_processes": acc.num_processes}
-        return save_checkpoint(t, ckpt_dir, done, state, tp.keep_checkpoints)
+        trainer_state = {"step": done, "cursor": done * per_step, "losses": losses, "lrs": lrs, "tokens": tokens,
+                         "fingerprint": fingerprint, "steps": tp.steps, "num_processes": acc.num_processes}
+        return save_checkpoint(t, ckpt_dir, done, trainer_state, tp.keep_checkpoints)
 
     def micro_batches(step: int):
         for a in range(tp.grad_accum):
