@@ -32,10 +32,10 @@ from pathlib import Path
 from longctx.data.config import SourceConfig
 
 TEXT_FIELD = "text"
-# Conversations per embedded document: chitchat conversations average ~1,760 characters
-# (~450 tokens), so a document of this many conversations is far longer than any window;
-# documents are cut into max_tokens chunks anyway.
-EMBEDDED_CONVERSATIONS_PER_DOC = 64
+# Conversations per embedded document: chitchat conversations average ~1,760 characters (~450
+# tokens), so a document is ~115k tokens: several whole windows even at a 32k training length
+# (the pi / yarn recipes); documents are cut into max_tokens chunks.
+EMBEDDED_CONVERSATIONS_PER_DOC = 256
 
 
 def iter_documents(source: SourceConfig, seed: int) -> Iterator[str]:
