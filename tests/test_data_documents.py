@@ -12,7 +12,7 @@ from longctx.data.config import SourceConfig
 from longctx.data.documents import document_chunks, iter_documents
 from longctx.data.embedded import format_passage, load_chitchat
 
-from test_data_prepare import FIX, labelled_runs, tokenizer  # noqa: F401  (the shared tiny tokenizer)
+from tests.test_data_prepare import FIX, labelled_runs, tokenizer  # noqa: F401  (the shared tiny tokenizer)
 
 
 def _rows(out_dir: Path) -> list[dict]:
