@@ -7,7 +7,7 @@ Parts (``--parts``, comma-separated), each printing one JSON line per measuremen
   * ``baseline``: exactly ``shared/measurements/baseline_8b.py``: transformers + PEFT (adapters float32, PEFT's
     default), bf16 frozen weights, SDPA in PyTorch's default order, AdamW, gradient checkpointing on every
     layer (non-reentrant), the model's own loss over full logits.
-  * ``ours``: ``longctx.training.optim.trainable_model`` (the finetune stage's setup) with Liger RMSNorm/SwiGLU, the fused
+  * ``ours``: ``longctx.training.trainable.trainable_model`` (the finetune stage's setup) with Liger RMSNorm/SwiGLU, the fused
     linear cross-entropy (``LossFn(fused=True, liger=True)``), SDPA on cuDNN attention, bf16 autocast over
     float32 LoRA adapters (PEFT's input up-cast switched off, so no float32 copies of activations), and
     *partial* checkpointing: the last ``n`` decoder layers keep all their activations, the others use
@@ -168,11 +168,11 @@ LIGER, BACKEND = [True], ["cudnn"]  # set from the command line
 
 
 def ours(cfg, mode="lora", ckpt="selective", plain_layers=0):
-    """The finetune stage's setup (``longctx.training.optim.trainable_model`` + ``LossFn``) on a random model of ``cfg``."""
+    """The finetune stage's setup (``longctx.training.trainable.trainable_model`` + ``LossFn``) on a random model of ``cfg``."""
     from longctx.kernels import keep_activations, sdpa_backend
     from longctx.params import TrainParams, build
     from longctx.training.loss import LossFn
-    from longctx.training.optim import trainable_model
+    from longctx.training.trainable import trainable_model
 
     liger, backend = LIGER[0], BACKEND[0]
     tp = build(TrainParams, {"mode": mode, "lr": 1e-4, "gradient_checkpointing": ckpt, "fused_ce": True,
