@@ -169,25 +169,21 @@ LIGER, BACKEND = [True], ["cudnn"]  # set from the command line
 
 def ours(cfg, mode="lora", ckpt="selective", plain_layers=0):
     """The finetune stage's setup (``longctx.training.trainable.trainable_model`` + ``LossFn``) on a random model of ``cfg``."""
-    from longctx.kernels import keep_activations, sdpa_backend
+    from longctx.kernels import sdpa_backend
     from longctx.params import TrainParams, build
     from longctx.training.loss import LossFn
-    from longctx.training.trainable import trainable_model
+    from longctx.training.trainable import load_dtype, trainable_model
 
     liger, backend = LIGER[0], BACKEND[0]
     tp = build(TrainParams, {"mode": mode, "lr": 1e-4, "gradient_checkpointing": ckpt, "fused_ce": True,
                              "liger": liger, "sdpa_backend": backend,
+                             "keep_activations": plain_layers if ckpt != "none" else 0,
                              "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": TARGETS}}, "ours")
-    # LoRA: frozen weights in bf16 (float32 copies of 7B frozen weights would only be cast back), adapters
-    # float32 (PEFT's default); full: float32 master weights, as the finetune stage loads them.
-    dtype = torch.bfloat16 if mode == "lora" else torch.float32
+    # As the finetune stage under bf16 autocast: LoRA's frozen weights in bf16, float32 adapters without PEFT's
+    # float32 input cast; full: float32 master weights.
+    dtype = getattr(torch, load_dtype(tp, "auto", autocast_bf16=True))
     model = shapes.random_model(cfg, DEVICE, dtype, attn_implementation="sdpa")
-    model, _, opt = trainable_model(model, tp)
-    keep_activations(model, plain_layers)
-    if mode == "lora":  # autocast runs the adapters in bf16; PEFT's x.to(float32) would copy each input
-        for m in model.modules():
-            if hasattr(m, "lora_A"):
-                m.cast_input_dtype_enabled = False
+    model, _, opt = trainable_model(model, tp, autocast_bf16=True)
     loss_fn = LossFn(model, fused=True, liger=liger)
 
     def step(T):
@@ -300,41 +296,44 @@ def part_prefill(args, cfg, n):
 def part_decode(args, cfg, n):
     from longctx.modeling import extend_model
 
+    from longctx.kernels import sdpa_backend
+
     model = shapes.random_model(copy.deepcopy(cfg), DEVICE, torch.bfloat16, attn_implementation="sdpa")
-    for method in ["none", "selfextend"]:
+    for method, backend in [(m, b) for m in ["none", "selfextend"] for b in args.decode_backends]:
         extend_model(model, _extension(method, cfg, args.target))
         free()
         ids = ids_of(cfg, args.decode_prefill)
         sync()
-        t0 = time.perf_counter()
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        sync()
-        prefill_s = time.perf_counter() - t0
-        past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        for _ in range(2):  # warm-up steps (kernel choice); they stay in the cache
-            out = model(input_ids=tok, past_key_values=past, use_cache=True)
+        with sdpa_backend(backend):  # SDPA's first choice (the evaluation's greedy_generate uses flash)
+            t0 = time.perf_counter()
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            sync()
+            prefill_s = time.perf_counter() - t0
             past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(args.decode_tokens):
-            out = model(input_ids=tok, past_key_values=past, use_cache=True)
-            past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        sync()
+            for _ in range(2):  # warm-up steps (kernel choice); they stay in the cache
+                out = model(input_ids=tok, past_key_values=past, use_cache=True)
+                past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(args.decode_tokens):
+                out = model(input_ids=tok, past_key_values=past, use_cache=True)
+                past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            sync()
         s = time.perf_counter() - t0
-        emit(part="decode", method=method, prefill=args.decode_prefill, prefill_s=round(prefill_s, 3),
-             tokens=args.decode_tokens, decode_tok_s=round(args.decode_tokens / s, 1),
+        emit(part="decode", method=method, sdpa_backend=backend, prefill=args.decode_prefill,
+             prefill_s=round(prefill_s, 3), tokens=args.decode_tokens, decode_tok_s=round(args.decode_tokens / s, 1),
              ms_per_token=round(1000 * s / args.decode_tokens, 2), peak_gib=gib(peak()))
         if args.profile_decode:  # where a decode step's time goes, host and device
             from torch.profiler import ProfilerActivity, profile
 
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
-            with profile(activities=acts) as prof:
+            with sdpa_backend(backend), profile(activities=acts) as prof:
                 for _ in range(2):
                     out = model(input_ids=tok, past_key_values=past, use_cache=True)
                     past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
                 sync()
             ev = prof.key_averages()
-            print(f"profile decode {method}: 2 steps")
+            print(f"profile decode {method} (sdpa_backend {backend}): 2 steps")
             print(ev.table(sort_by="self_device_time_total", row_limit=10, max_name_column_width=60))
             print(ev.table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=60))
         del out, past
@@ -412,6 +411,8 @@ def main():
     ap.add_argument("--target", type=int, default=131072, help="extension target length of the methods")
     ap.add_argument("--decode-prefill", type=int, default=32768)
     ap.add_argument("--decode-tokens", type=int, default=8)
+    ap.add_argument("--decode-backends", default="auto,flash",
+                    help="SDPA backends tried first in the decode part, each measured (comma-separated)")
     ap.add_argument("--profile-decode", action="store_true")
     ap.add_argument("--profile-lora", action="store_true", help="profile one step of each setup at the last length")
     ap.add_argument("--maxlen-ckpt", default="full")
@@ -427,6 +428,7 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny shape on the CPU: checks the script, measures nothing")
     args = ap.parse_args()
     args.methods = [m for m in args.methods.split(",") if m]
+    args.decode_backends = [b for b in args.decode_backends.split(",") if b]
     OUT = args.out
     if args.smoke:  # the script's logic on the CPU: tiny shapes, no Triton/cuDNN kernels
         DEVICE, args.shape, args.full_shape, args.liger, args.backend = "cpu", "tiny", "tiny", False, "auto"

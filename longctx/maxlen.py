@@ -100,11 +100,11 @@ def build_step(model_dir: str | Path, tp: TrainParams, dtype: str = "auto", devi
     from longctx.modeling import load_model, pick_device, read_extension
     from longctx.training.batching import batch_inputs
     from longctx.training.loss import LossFn
-    from longctx.training.trainable import trainable_model
+    from longctx.training.trainable import load_dtype, trainable_model
 
     device = torch.device(device) if device is not None else pick_device()
     autocast = device.type == "cuda" and dtype == "auto"
-    model = load_model(model_dir, dtype="float32" if dtype == "auto" else dtype, device=device,
+    model = load_model(model_dir, dtype=load_dtype(tp, dtype, autocast), device=device,
                        attn_implementation=tp.attn_implementation)
     model.config.use_cache = False
     ext = read_extension(Path(model_dir))
@@ -122,7 +122,7 @@ def build_step(model_dir: str | Path, tp: TrainParams, dtype: str = "auto", devi
         loss_fn = LossFn(model, fused=tp.fused_ce, liger=tp.liger)
         optimizer = None
     else:
-        model, _, optimizer = trainable_model(model, tp)
+        model, _, optimizer = trainable_model(model, tp, autocast)
         loss_fn = LossFn(model, fused=tp.fused_ce, liger=tp.liger)
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)

@@ -514,6 +514,9 @@ class TrainParams:
     # none | full (recompute each decoder layer in the backward pass) | selective (recompute all but the
     # attention kernel, whose outputs are kept: nearly full speed at long lengths). true/false = full/none.
     gradient_checkpointing: str = choice("none", CHECKPOINTING)
+    # The last N decoder layers skip checkpointing and keep their activations (memory for speed; needs
+    # gradient_checkpointing full or selective; at most the model's layer count). See kernels.keep_activations.
+    keep_activations: int = bounded(0, ge=0, le=MAX_COUNT)
     seed: int = bounded(0, ge=0, le=2**63 - 1)
     # Resumable checkpoints (models/checkpoints/step_<k>, scratch, not a DVC output) every N optimizer
     # steps; 0 = none on schedule (Ctrl-C still writes one). A compatible checkpoint is resumed on start.
@@ -545,6 +548,9 @@ class TrainParams:
         return {**raw, "gradient_checkpointing": LEGACY_CHECKPOINTING[value]} if value in LEGACY_CHECKPOINTING else raw
 
     def check(self, where):
+        if self.keep_activations and self.gradient_checkpointing == "none":
+            raise ParamsError(f"{where}.keep_activations: {self.keep_activations} needs gradient_checkpointing full "
+                              "or selective (with none every layer keeps its activations already); set it to 0")
         if self.compile and self.gradient_checkpointing == "selective":
             raise ParamsError(f"{where}.compile: not with gradient_checkpointing: selective (its policy cannot see "
                               "inside a compiled layer); use none or full")

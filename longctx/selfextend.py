@@ -47,6 +47,7 @@ grouped queries/keys are obtained by rotating once more by ``grouped_pos - true_
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -172,6 +173,15 @@ def _rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor,
     rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
     rotated = rot * cos + rotated_half * sin
     return rotated if rest.shape[-1] == 0 else torch.cat((rotated, rest), dim=-1)
+
+
+@functools.lru_cache(maxsize=32)
+def _inv_freq(rotary_dim: int, theta: float, device: torch.device, doubled: bool = False) -> torch.Tensor:
+    """RoPE inverse frequencies (float32) on ``device``, made once per (dim, theta, device): building them in
+    every layer and step costs kernel launches, and a decoding step is bound by launches. ``doubled``:
+    ``cat(inv_freq, inv_freq)``, the rotate_half layout of the cos/sin tables."""
+    inv_freq = rope.default_inv_freq(rotary_dim, theta, device).to(torch.float32)
+    return torch.cat((inv_freq, inv_freq)) if doubled else inv_freq
 
 
 def _log_scale(q_pos: torch.Tensor, scale_base: float) -> torch.Tensor:
@@ -313,8 +323,8 @@ def _selfextend_blockwise(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _selfextend_decode(query, key, value, q_pos, attention_mask, scaling, window, group_size, inv_freq,
-                       scale_base=0.0, softcap=None, dropout=0.0, training=False):
+def _selfextend_decode(query, key, value, position_ids, attention_mask, scaling, window, group_size, rotary_dim,
+                       theta, scale_base=0.0, softcap=None, dropout=0.0, training=False):
     """SelfExtend for ONE query per row (a decoding step), without float32 copies of the cache or host syncs.
 
     The cache holds keys at contiguous positions ending at the query's, so key ``j`` is ``kv_len - 1 - j`` tokens
@@ -326,37 +336,58 @@ def _selfextend_decode(query, key, value, q_pos, attention_mask, scaling, window
     (b, h_q, kv_len) and are kept in float32. The query-key products run in the model dtype (as transformers'
     eager attention), the softmax in float32, the probabilities times values in the model dtype.
 
-    query (b, h_q, 1, d) rotated at its true position, key/value (b, h_kv, kv_len, d) from the cache.
-    Returns (b, h_q, 1, d) in ``query.dtype``.
+    Decoding is bound by the host launching kernels, so the step is written in few operations: one cos/sin
+    table serves the query's and the keys' extra rotations.
+
+    query (b, h_q, 1, d) rotated at its true position, key/value (b, h_kv, kv_len, d) from the cache,
+    position_ids None or (b, 1); ``rotary_dim``/``theta`` the RoPE channels and base. Returns (b, h_q, 1, d) in the
+    cache dtype. In a bf16 model the query's extra rotation is in bf16 too (as transformers rotates it).
     """
     batch, h_q, _, head_dim = query.shape
     h_kv, kv_len = key.shape[1], key.shape[2]
     dtype = key.dtype
     split = max(kv_len - window, 0)  # keys [0, split) are grouped, [split, kv_len) neighbours
 
-    q_true = q_pos.clamp(min=0)  # (b, 1)
-    q_n = query.to(torch.float32)
-    if scale_base > 0:
-        q_n = q_n * _log_scale(q_pos, scale_base)
-    q_g = _rotate(q_n, q_true // group_size + window - window // group_size - q_true, inv_freq)
+    if position_ids is None:
+        q_pos = torch.full((batch, 1), kv_len - 1, device=query.device)
+    else:
+        q_pos = position_ids[:, -1:].to(device=query.device, dtype=torch.long).expand(batch, 1)
+    # Key positions count back from the query's; left-padding slots get negative ones, hidden by the mask.
+    k_pos = q_pos - torch.arange(kv_len - 1, kv_len - 1 - split, -1, device=query.device)
+    # Extra rotation of the query (m // G + W - W // G - m) and of the grouped keys (n // G - n), one table.
+    delta = torch.cat((q_pos // group_size + (window - window // group_size) - q_pos,
+                       k_pos // group_size - k_pos), dim=1)
+    emb = delta.to(torch.float32)[:, None, :, None] * _inv_freq(rotary_dim, theta, query.device, doubled=True)
+    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def rotate(x, cos, sin):  # x * cos + rotate_half(x) * sin on the rotary channels (rest passes through)
+        rd = cos.shape[-1]
+        rot = x[..., :rd]
+        rotated = rot * cos + torch.cat((-rot[..., rd // 2:], rot[..., : rd // 2]), dim=-1) * sin
+        return rotated if rd == x.shape[-1] else torch.cat((rotated, x[..., rd:]), dim=-1)
+
+    q_n = query if scale_base <= 0 else (query.to(torch.float32) * _log_scale(q_pos, scale_base)).to(dtype)
+    q_g = rotate(q_n.to(dtype), cos[:, :, :1], sin[:, :, :1])
 
     def by_kv_head(q):  # (b, h_q, 1, d) -> (b, h_kv, groups, d): shared KV heads broadcast, never repeated
         return q.to(dtype).view(batch, h_kv, h_q // h_kv, head_dim)
 
-    scores = []
+    neighbour = torch.matmul(by_kv_head(q_n), key[:, :, split:].transpose(-1, -2))
     if split > 0:
-        k_pos = (q_pos[:, -1:] - (kv_len - 1 - torch.arange(split, device=key.device))).clamp(min=0)
-        k_g = _rotate(key[:, :, :split], k_pos // group_size - k_pos, inv_freq, dtype)
-        scores.append(torch.matmul(by_kv_head(q_g), k_g.transpose(-1, -2)))
-    scores.append(torch.matmul(by_kv_head(q_n), key[:, :, split:].transpose(-1, -2)))
-    scores = torch.cat(scores, dim=-1).to(torch.float32) * scaling  # (b, h_kv, groups, kv_len)
+        k_g = rotate(key[:, :, :split], cos[:, :, 1:], sin[:, :, 1:])
+        scores = torch.cat((torch.matmul(by_kv_head(q_g), k_g.transpose(-1, -2)), neighbour), dim=-1)
+    else:
+        scores = neighbour
+    scores = scores.to(torch.float32) * scaling  # (b, h_kv, groups, kv_len)
     if softcap:
         scores = softcap * torch.tanh(scores / softcap)
     if attention_mask is not None:
-        mask = attention_mask[:, :, -1, :kv_len]  # (b, 1, kv_len)
+        mask = attention_mask[:, :, -1:, :kv_len]  # (b, 1, 1, kv_len)
         bias = torch.where(mask, 0.0, float("-inf")) if mask.dtype == torch.bool else mask.to(torch.float32)
-        scores = scores + bias[:, :, None, :]
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a row with no visible key gives 0, like SDPA
+        scores = scores + bias
+    probs = torch.softmax(scores, dim=-1)
+    if attention_mask is not None:
+        probs = probs.nan_to_num(0.0)  # a row with no visible key gives 0, like SDPA
     probs = F.dropout(probs, p=dropout, training=training)
     out = torch.matmul(probs.to(value.dtype), value)  # (b, h_kv, groups, d)
     return out.reshape(batch, h_q, 1, head_dim)
@@ -475,14 +506,15 @@ def selfextend_attention(
     scaling = head_dim**-0.5 if scaling is None else scaling
     device = query.device
 
-    q_pos, k_pos = _positions(position_ids, batch, q_len, kv_len, device)
     rope_parameters = module.config.rope_parameters
     rotary_dim = rope.rotary_dim(head_dim, rope_parameters.get("partial_rotary_factor", 1.0))
-    inv_freq = rope.default_inv_freq(rotary_dim, rope_parameters["rope_theta"], device).to(torch.float32)
+    theta = float(rope_parameters["rope_theta"])
     if q_len == 1 and kv_len > 1:  # a decoding step from the KV cache
-        out = _selfextend_decode(query, key, value, q_pos, attention_mask, scaling, window, group_size, inv_freq,
-                                 scale_base, softcap, dropout, module.training)
+        out = _selfextend_decode(query, key, value, position_ids, attention_mask, scaling, window, group_size,
+                                 rotary_dim, theta, scale_base, softcap, dropout, module.training)
         return out.to(query.dtype).transpose(1, 2).contiguous(), None
+    q_pos, k_pos = _positions(position_ids, batch, q_len, kv_len, device)
+    inv_freq = _inv_freq(rotary_dim, theta, device)
     # Paper eq.: grouped query position m // G + W - W // G, grouped key position n // G (integer division).
     # Padding slots may carry negative inferred positions; clamp them so the floor stays meaningful (masked anyway).
     q_true, k_true = q_pos.clamp(min=0), k_pos.clamp(min=0)

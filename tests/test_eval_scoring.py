@@ -74,3 +74,31 @@ def test_dynamic_ntk_scores_do_not_depend_on_order():
     first = token_nll(model, short)
     token_nll(model, torch.randint(0, 128, (1, 200)))  # grows the dynamic frequencies
     assert torch.allclose(token_nll(model, short), first)
+
+
+def test_greedy_generation_prefers_the_flash_sdpa_backend(monkeypatch):
+    """Decoding asks SDPA for flash first (cuDNN, PyTorch's GPU default, plans anew per key length: issue 14),
+    and the tokens are those of plain greedy generation."""
+    import contextlib
+
+    import longctx.kernels
+    from longctx.evaluation.scoring import greedy_generate
+
+    asked = []
+    real = longctx.kernels.sdpa_backend
+
+    @contextlib.contextmanager
+    def spy(name="auto"):
+        asked.append(name)
+        with real(name):
+            yield
+
+    monkeypatch.setattr(longctx.kernels, "sdpa_backend", spy)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config()).eval()
+    prompt = list(range(3, 23))
+    new = greedy_generate(model, prompt, 5)
+    assert asked == ["flash"]
+    plain = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 20, dtype=torch.long), max_new_tokens=5,
+                           do_sample=False, pad_token_id=model.config.eos_token_id)
+    assert new == plain[0, 20:].tolist()

@@ -58,12 +58,19 @@ def score_samples(model, samples: list[EvalSample], batch_size: int = 1, desc: s
 
 @torch.no_grad()
 def greedy_generate(model, input_ids: list[int], max_new_tokens: int) -> list[int]:
-    """Greedy decoding with a KV cache; returns the new token ids (stops at EOS)."""
+    """Greedy decoding with a KV cache; returns the new token ids (stops at EOS).
+
+    SDPA tries its flash backend first: on the GPU, cuDNN attention (PyTorch's first choice there) builds a new
+    plan for every key length, which made each decoding step host-bound (docs/RESULTS.md, issue 14). Methods
+    with their own attention (SelfExtend) do not use SDPA; on the CPU flash is PyTorch's first choice anyway."""
+    from longctx.kernels import sdpa_backend
+
     device = next(model.parameters()).device
     ids = torch.tensor([input_ids], device=device)
     reset_dynamic_rope(model)
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=model.config.eos_token_id)
+    with sdpa_backend("flash"):
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=model.config.eos_token_id)
     return out[0, ids.shape[1]:].tolist()
 
 

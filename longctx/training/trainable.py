@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from longctx.kernels import apply_liger, checkpointing_kwargs, compile_layers
+from longctx.kernels import apply_liger, checkpointing_kwargs, compile_layers, keep_activations
 from longctx.methods import Extension
 from longctx.modeling import load_model
 from longctx.params import TrainParams
@@ -37,10 +37,11 @@ def build_trainable(accelerator, extended_dir: Path, ext: Extension, tp: TrainPa
     if ext.attention and tp.attn_implementation != "sdpa":
         print(f"finetune: {ext.method} runs its own attention; train.attn_implementation={tp.attn_implementation} "
               "is not used")
-    model = load_model(extended_dir, dtype="float32" if dtype == "auto" else dtype, device=accelerator.device,
+    autocast_bf16 = accelerator.mixed_precision == "bf16"
+    model = load_model(extended_dir, dtype=load_dtype(tp, dtype, autocast_bf16), device=accelerator.device,
                        attn_implementation=tp.attn_implementation)
     model.config.use_cache = False
-    model, params, optimizer = trainable_model(model, tp)
+    model, params, optimizer = trainable_model(model, tp, autocast_bf16)
     scheduler = lr_scheduler(optimizer, tp)
     model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.distributed_type == DistributedType.FSDP:
@@ -48,9 +49,21 @@ def build_trainable(accelerator, extended_dir: Path, ext: Extension, tp: TrainPa
     return Trainable(accelerator, model, params, optimizer, scheduler, LossFn(model, fused=tp.fused_ce, liger=tp.liger))
 
 
-def trainable_model(model, tp: TrainParams):
-    """Liger kernels, compiled layers and checkpointing if asked, train mode, LoRA if asked, and AdamW
-    over what is trainable: (model, params, optimizer)."""
+def load_dtype(tp: TrainParams, dtype: str, autocast_bf16: bool) -> str:
+    """The dtype to load the model in for training: ``model.dtype`` when set; with ``auto``, float32 master
+    weights, except LoRA under bf16 autocast, whose FROZEN weights load in bf16: float32 copies of a 7-8B model's
+    frozen weights (4 bytes a parameter) would only be cast back to bf16 by autocast in every matmul."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if autocast_bf16 and tp.mode == "lora" else "float32"
+
+
+def trainable_model(model, tp: TrainParams, autocast_bf16: bool = False):
+    """Liger kernels, compiled layers and checkpointing if asked (the last ``train.keep_activations`` layers
+    not checkpointed), train mode, LoRA if asked, and AdamW over what is trainable: (model, params, optimizer).
+
+    ``autocast_bf16``: the forward runs under bf16 autocast (GPU, ``model.dtype: auto``); see :func:`wrap_lora`.
+    """
     if tp.liger:
         apply_liger(model)
     if tp.compile:
@@ -61,21 +74,39 @@ def trainable_model(model, tp: TrainParams):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
+    if tp.keep_activations:
+        layers = model.config.num_hidden_layers
+        if tp.keep_activations > layers:
+            raise ValueError(f"train.keep_activations: {tp.keep_activations} exceeds the model's {layers} decoder "
+                             f"layers; allowed 0..{layers}")
+        keep_activations(model, tp.keep_activations)
     model.train()
     if tp.mode == "lora":
-        model = wrap_lora(model, tp)
+        model = wrap_lora(model, tp, autocast_bf16)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tp.lr, betas=(tp.beta1, tp.beta2), weight_decay=tp.weight_decay)
     return model, params, optimizer
 
 
-def wrap_lora(model, tp: TrainParams):
+def wrap_lora(model, tp: TrainParams, autocast_bf16: bool = False):
+    """PEFT LoRA adapters (float32: PEFT up-casts adapters of a bf16 base). ``autocast_bf16`` (bf16 frozen
+    weights, forward under bf16 autocast): every trainable parameter (also ``lora.trainable`` copies of bf16
+    modules) is made float32 for AdamW, and PEFT's up-cast of each adapter's INPUT to float32 is switched off:
+    autocast runs the adapter matmuls in bf16 anyway, so the cast would only copy every activation."""
     from peft import LoraConfig, get_peft_model
 
     cfg = LoraConfig(r=tp.lora.r, lora_alpha=tp.lora.alpha, lora_dropout=tp.lora.dropout,
                      target_modules=list(tp.lora.target_modules), modules_to_save=list(tp.lora.trainable) or None,
                      task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
+    model = get_peft_model(model, cfg)
+    if autocast_bf16:
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+        for module in model.modules():
+            if hasattr(module, "lora_A"):
+                module.cast_input_dtype_enabled = False
+    return model
 
 
 def lr_scheduler(optimizer, tp: TrainParams) -> torch.optim.lr_scheduler.LambdaLR:
