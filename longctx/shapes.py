@@ -109,37 +109,51 @@ def _rebuild_rotary(model, device) -> None:
                 setattr(parent, child_name, type(child)(config=child.config).to(device))
 
 
-@torch.no_grad()
-def random_model(config, device="cpu", dtype: torch.dtype = torch.bfloat16, seed: int = 0,
-                 attn_implementation: str = "sdpa"):
-    """A ``*ForCausalLM`` of ``config`` with random weights made directly on ``device``.
-
-    Deterministic for a given (config, device, dtype, seed): matrices and embeddings ~ N(0, std) with
-    std = ``config.initializer_range`` (0.02, transformers' own init), norm weights 1, biases 0.
-    """
+def meta_model(config, dtype: torch.dtype = torch.bfloat16, attn_implementation: str = "sdpa"):
+    """A ``*ForCausalLM`` of ``config`` on the meta device: shapes only, no memory (shard it, then ``init_random_``)."""
     from transformers import AutoModelForCausalLM
 
-    device = torch.device(device)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+
+
+@torch.no_grad()
+def init_random_(model, device, seed: int = 0):
+    """Allocate a meta (or sharded meta) model on ``device`` and fill it with random weights, in place.
+
+    Matrices and embeddings ~ N(0, std) with std = ``config.initializer_range`` (0.02, transformers' own init),
+    norm weights 1, biases 0. Works on FSDP2-sharded models too: each rank fills its own local shard.
+    """
+    device = torch.device(device)
     model.to_empty(device=device)
-    std = float(getattr(config, "initializer_range", 0.02))
+    std = float(getattr(model.config, "initializer_range", 0.02))
     gen = torch.Generator(device=device).manual_seed(seed)
     seen = set()
     for name, p in model.named_parameters():  # tied weights appear once
         if id(p) in seen:
             continue
         seen.add(id(p))
+        local = p.to_local() if hasattr(p, "to_local") else p  # a DTensor shard: fill the local part
         if p.ndim >= 2:
-            p.normal_(0.0, std, generator=gen)
+            local.normal_(0.0, std, generator=gen)
         elif "norm" in name:
-            p.fill_(1.0)
+            local.fill_(1.0)
         else:
-            p.zero_()
+            local.zero_()
     _rebuild_rotary(model, device)
-    if getattr(config, "tie_word_embeddings", False):
+    if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
-    return model.eval()
+    return model
+
+
+def random_model(config, device="cpu", dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+                 attn_implementation: str = "sdpa"):
+    """A ``*ForCausalLM`` of ``config`` with random weights made directly on ``device``.
+
+    Deterministic for a given (config, device, dtype, seed); see ``init_random_``.
+    """
+    model = meta_model(config, dtype, attn_implementation)
+    return init_random_(model, device, seed).eval()
 
 
 def has_random_weights(folder: str | Path) -> bool:
