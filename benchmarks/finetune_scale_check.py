@@ -6,8 +6,9 @@ bf16 autocast for LoRA, float32 adapters), ``train.keep_activations``, the batch
 adapter written at the end -- on a random-weight model of a named shape (``longctx.shapes``: a config-only
 folder, weights made on the GPU):
 
-1. ``materialize_shape('shape:<shape>')`` writes the base folder, ``make_extended_model`` the extended one
-   (``--method``, for ``--target`` tokens), as the base_model and extend stages do.
+1. ``materialize_shape('shape:<shape>')`` writes the base folder (or ``--base`` names one written before: the GPU
+   host has no GGUF for the tokenizer), ``make_extended_model`` the extended one (``--method``, for ``--target``
+   tokens), as the base_model and extend stages do.
 2. ``--steps`` rows of ``--length`` random tokens (labels = inputs) become the SFT file.
 3. ``finetune`` trains LoRA r=16 on all linear layers; ``on_step`` records each step's wall time (the
    recipe synchronises the device at the end of every step) and peak memory (reset at each step's start).
@@ -61,6 +62,9 @@ def main():
     ap.add_argument("--no-liger", dest="liger", action="store_false")
     ap.add_argument("--method", default="none")
     ap.add_argument("--target", type=int, default=None, help="extension target length (default --length)")
+    ap.add_argument("--base", default=None,
+                    help="an existing config-only shape folder (the base_model stage's output for shape:<name>); "
+                         "default: write one with materialize_shape (needs the embedded tokenizer's GGUF)")
     ap.add_argument("--workdir", default=None, help="where the model folders go (default: a temporary folder)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true", help="tiny shape on the CPU: checks the script, measures nothing")
@@ -78,7 +82,11 @@ def main():
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="finetune_scale_"))
     base, extended, out_dir = work / "base", work / "extended", work / "finetuned"
-    materialize_shape(f"shape:{args.shape}", base)
+    if args.base:
+        base = Path(args.base)
+        args.shape = json.loads((base / "shape.json").read_text())["shape"]
+    else:
+        materialize_shape(f"shape:{args.shape}", base)
     make_extended_model(base, extended, args.method, {}, args.target or args.length)
     vocab = json.loads((base / "config.json").read_text())["vocab_size"]
     write_sft(work / "train.jsonl", args.steps, args.length, vocab)

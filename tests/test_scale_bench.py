@@ -21,3 +21,28 @@ def test_scale_benchmark_smoke(tmp_path):
     assert all(r["tok_s"] > 0 for r in lora.values())
     predicted = [r for r in rows if r.get("setup", "").endswith("_predicted_2layers")]
     assert len(predicted) == 1 and predicted[0]["length"] == 64
+
+
+def test_finetune_scale_check_and_decode_smoke(tmp_path):
+    """The two python parts of benchmarks/gpu_host_scale_check.sh on the CPU (tiny shape): the finetune stage's
+    code path with train.keep_activations writes an adapter and reports each step; the decode part reports plain
+    and SelfExtend for each SDPA backend."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "finetune.jsonl"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/finetune_scale_check.py"), "--smoke", "--steps", "2",
+                    "--workdir", str(tmp_path / "work"), "--out", str(out)],
+                   check=True, cwd=ROOT, env=env, timeout=300, capture_output=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["train"]["keep_activations"] == 1 and rows[0]["train"]["lora"]["r"] == 16
+    assert [r["step"] for r in rows if r.get("part") == "finetune_step"] == [1, 2]
+    summary = rows[-1]
+    assert summary["part"] == "finetune" and summary["tok_s"] > 0
+    assert "adapter_model.safetensors" in summary["adapter_files"]
+
+    out = tmp_path / "decode.jsonl"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/scale_8b.py"), "--smoke", "--parts", "decode",
+                    "--decode-prefill", "48", "--decode-tokens", "2", "--decode-backends", "auto,flash",
+                    "--out", str(out)], check=True, cwd=ROOT, env=env, timeout=300, capture_output=True)
+    decode = [json.loads(line) for line in out.read_text().splitlines()]
+    got = {(r["method"], r["sdpa_backend"]) for r in decode if r.get("part") == "decode" and "method" in r}
+    assert got == {(m, b) for m in ("none", "selfextend") for b in ("auto", "flash")}
