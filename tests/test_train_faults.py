@@ -71,8 +71,8 @@ def test_nonfinite_gradient_stops_with_nothing_written(base_dir, tmp_path, monke
     ext_dir, sft = _tiny_run_setup(base_dir, tmp_path)
     real = trainable.trainable_model
 
-    def poisoned_from_step_2(model, tp):  # the loss stays finite; one gradient turns NaN at step 2
-        model, params, optimizer = real(model, tp)
+    def poisoned_from_step_2(model, tp, *args):  # the loss stays finite; one gradient turns NaN at step 2
+        model, params, optimizer = real(model, tp, *args)
         calls = []
         params[0].register_hook(lambda g: calls.append(1) or (g * float("nan") if len(calls) >= 2 else g))
         return model, params, optimizer
