@@ -134,24 +134,11 @@ def baseline_lora(cfg):
     model.enable_input_require_grads()
     lm = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS))
     opt = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=1e-4)
-
-    def step(T):
-        ids = ids_of(cfg, T)
-        loss = lm(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    step.model = lm
-    return step
+    return _plain_step(lm, opt, cfg)
 
 
-def baseline_full(cfg):
-    """The same hand-written loop for full fine-tuning: bf16 weights and AdamW states, checkpointing on."""
-    model = shapes.random_model(cfg, DEVICE, torch.bfloat16, attn_implementation="sdpa")
-    model.train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+def _plain_step(model, opt, cfg):
+    """The baseline's training step, as written by hand: the model's own loss over full logits, AdamW."""
 
     def step(T):
         ids = ids_of(cfg, T)
@@ -162,6 +149,15 @@ def baseline_full(cfg):
 
     step.model = model
     return step
+
+
+def baseline_full(cfg):
+    """The same hand-written loop for full fine-tuning: bf16 weights and AdamW states, checkpointing on."""
+    model = shapes.random_model(cfg, DEVICE, torch.bfloat16, attn_implementation="sdpa")
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    return _plain_step(model, opt, cfg)
 
 
 LIGER, BACKEND = [True], ["cudnn"]  # set from the command line

@@ -62,6 +62,8 @@ def baseline_step(model_dir: str):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     gen = torch.Generator().manual_seed(0)
 
+    # Written out on purpose rather than taken from longctx.maxlen.build_step: the baseline is the loop a
+    # user writes by hand, independent of this project's code.
     def step(length: int) -> float:
         ids = torch.randint(0, model.config.vocab_size, (1, length), generator=gen).cuda()
         loss = model(input_ids=ids, labels=ids, use_cache=False).loss

@@ -164,13 +164,8 @@ class CreamLayout:
         )
 
 
-def cream_layout(
-    N: int,
-    T: int,
-    generator: GeneratorLike,
-    sigma: float = 3.0,
-    p_continuity: float = 0.5,
-) -> CreamLayout:
+def cream_layout(N: int, T: int, generator: GeneratorLike, sigma: float = 3.0,
+                 p_continuity: float = 0.5) -> CreamLayout:
     """Draw one CREAM segment layout; :func:`cream_position_ids` turns it into ids.
 
     See :func:`cream_position_ids` for the method; this is split out so that callers (and the
@@ -214,13 +209,8 @@ def cream_layout(
     )
 
 
-def cream_position_ids(
-    N: int,
-    T: int,
-    generator: GeneratorLike,
-    sigma: float = 3.0,
-    p_continuity: float = 0.5,
-) -> torch.Tensor:
+def cream_position_ids(N: int, T: int, generator: GeneratorLike, sigma: float = 3.0,
+                       p_continuity: float = 0.5) -> torch.Tensor:
     """CREAM position ids (Wu et al., arXiv:2406.07138, Sec. 3; code wutong4012/CREAM).
 
     The N tokens are split into head / middle / tail:

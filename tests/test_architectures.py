@@ -78,13 +78,26 @@ def outcome(arch: str, method: str):
 # --------------------------------------------------------------------------- base models
 
 
+def word_tokenizer():
+    """A 128-word tokenizer matching the tiny models' vocabulary (saved beside each base model)."""
+    vocab = {f"t{i}": i for i in range(128)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
+                                   eos_token="t1", bos_token="t1", pad_token="t0")
+
+
+def save_base(model, tok, root, name):
+    """Save ``model`` + ``tok`` as a hub-style folder, then make ``root/name`` from it as the base_model stage does."""
+    model.save_pretrained(root / f"{name}-src")
+    tok.save_pretrained(root / f"{name}-src")
+    materialize_base_model(str(root / f"{name}-src"), root / name)
+    return root / name
+
+
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
     """Each tiny architecture saved and materialised through the base_model stage's code path."""
     root = tmp_path_factory.mktemp("arch")
-    vocab = {f"t{i}": i for i in range(128)}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
-                                  eos_token="t1", bos_token="t1", pad_token="t0")
+    tok = word_tokenizer()
     out = {}
     for name, make in ARCHITECTURES.items():
         torch.manual_seed(0)
@@ -96,10 +109,7 @@ def bases(tmp_path_factory):
                 for layer in model.model.layers:
                     layer.self_attn.q_proj.weight.mul_(20)
                     layer.self_attn.k_proj.weight.mul_(20)
-        model.save_pretrained(root / f"{name}-src")
-        tok.save_pretrained(root / f"{name}-src")
-        materialize_base_model(str(root / f"{name}-src"), root / name)
-        out[name] = root / name
+        out[name] = save_base(model, tok, root, name)
     return out
 
 
@@ -358,17 +368,13 @@ OTHER_SCALINGS = {
 
 @pytest.fixture(scope="module")
 def scaled_bases(tmp_path_factory):
+    """Like `bases` (same setup on purpose), for models that carry their own RoPE scaling."""
     root = tmp_path_factory.mktemp("scaled")
-    vocab = {f"t{i}": i for i in range(128)}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
-                                  eos_token="t1", bos_token="t1", pad_token="t0")
+    tok = word_tokenizer()
     out = {}
     for name, make in OTHER_SCALINGS.items():
         torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(make()).save_pretrained(root / f"{name}-src")
-        tok.save_pretrained(root / f"{name}-src")
-        materialize_base_model(str(root / f"{name}-src"), root / name)
-        out[name] = root / name
+        out[name] = save_base(AutoModelForCausalLM.from_config(make()), tok, root, name)
     return out
 
 

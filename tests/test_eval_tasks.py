@@ -50,6 +50,14 @@ def exact_match(sample, predicted_ids) -> float:
     return float(list(predicted_ids) == list(sample.answer_ids))
 
 
+def generated(generate, tokenizer, length, depth, n, seed, chat):
+    """``n`` samples of a task generator: deterministic for a seed, and meeting the sample contract."""
+    samples = generate(tokenizer, length, depth, n, seed=seed, use_chat_template=chat)
+    assert samples == generate(tokenizer, length, depth, n, seed=seed, use_chat_template=chat)
+    check_contract(tokenizer, samples, length)
+    return samples
+
+
 def check_contract(tokenizer, samples, length, expected_answers=None):
     for s in samples:
         assert len(s.input_ids) + len(s.answer_ids) == length
@@ -101,9 +109,7 @@ def test_insert_items_and_anchored_layout():
 @pytest.mark.parametrize("depth", [0.0, 0.37, 1.0])
 def test_needle_contract(tokenizer, chat, depth):
     length = 700
-    samples = needle.generate_needle(tokenizer, length, depth, 3, seed=5, use_chat_template=chat)
-    assert samples == needle.generate_needle(tokenizer, length, depth, 3, seed=5, use_chat_template=chat)
-    check_contract(tokenizer, samples, length)
+    samples = generated(needle.generate_needle, tokenizer, length, depth, 3, seed=5, chat=chat)
     for s in samples:
         dish, word = s.meta["needle"].split("=")
         assert s.answer == word
@@ -141,9 +147,7 @@ def test_needle_heatmap(tmp_path):
 @pytest.mark.parametrize("depth", [0.0, 0.6, 1.0])
 def test_multikey(tokenizer, depth):
     length = 900
-    samples = ruler.generate_multikey(tokenizer, length, depth, 3, seed=0, use_chat_template=True)
-    assert samples == ruler.generate_multikey(tokenizer, length, depth, 3, seed=0, use_chat_template=True)
-    check_contract(tokenizer, samples, length)
+    samples = generated(ruler.generate_multikey, tokenizer, length, depth, 3, seed=0, chat=True)
     for s in samples:
         keys, values, key = s.meta["keys"], s.meta["values"], s.meta["key"]
         assert len(set(keys)) == 4 and s.answer == values[keys.index(key)]
@@ -160,9 +164,7 @@ def test_multikey(tokenizer, depth):
 @pytest.mark.parametrize("depth", [0.0, 0.25, 1.0, None])
 def test_multivalue(tokenizer, depth):
     length = 1000
-    samples = ruler.generate_multivalue(tokenizer, length, depth, 3, seed=3, use_chat_template=False)
-    assert samples == ruler.generate_multivalue(tokenizer, length, depth, 3, seed=3, use_chat_template=False)
-    check_contract(tokenizer, samples, length)
+    samples = generated(ruler.generate_multivalue, tokenizer, length, depth, 3, seed=3, chat=False)
     for s in samples:
         key, values = s.meta["key"], s.meta["values"]
         offs = [find_all(s.input_ids, ruler._magic_needle(tokenizer, key, v)) for v in values]
@@ -176,9 +178,7 @@ def test_multivalue(tokenizer, depth):
 @pytest.mark.parametrize("depth", [None, 0.0, 0.5, 1.0])
 def test_variable_tracking(tokenizer, depth):
     length = 800
-    samples = ruler.generate_variable_tracking(tokenizer, length, depth, 3, seed=9, use_chat_template=True)
-    assert samples == ruler.generate_variable_tracking(tokenizer, length, depth, 3, seed=9, use_chat_template=True)
-    check_contract(tokenizer, samples, length)
+    samples = generated(ruler.generate_variable_tracking, tokenizer, length, depth, 3, seed=9, chat=True)
     for s in samples:
         names, value = s.meta["variables"], s.meta["value"]
         assert len(names) == 5 and s.answer == ", ".join(names)
@@ -200,9 +200,7 @@ def test_variable_tracking_distractor_chains(tokenizer):
 
 @pytest.mark.parametrize("length", [600, 1500])
 def test_common_words(tokenizer, length):
-    samples = ruler.generate_common_words(tokenizer, length, None, 2, seed=4, use_chat_template=True)
-    assert samples == ruler.generate_common_words(tokenizer, length, None, 2, seed=4, use_chat_template=True)
-    check_contract(tokenizer, samples, length)
+    samples = generated(ruler.generate_common_words, tokenizer, length, None, 2, seed=4, chat=True)
     for s in samples:
         hs = s.meta["haystack_start"]
         text = tokenizer.decode(s.input_ids[hs : hs + s.meta["haystack_len"]])
@@ -229,9 +227,7 @@ def test_common_words(tokenizer, length):
 @pytest.mark.parametrize("depth", [None, 0.0, 0.1, 1.0])
 def test_dialog_recall(tokenizer, depth):
     length = 800
-    samples = dialog_recall.generate_dialog_recall(tokenizer, length, depth, 3, seed=2, use_chat_template=True)
-    assert samples == dialog_recall.generate_dialog_recall(tokenizer, length, depth, 3, seed=2, use_chat_template=True)
-    check_contract(tokenizer, samples, length)
+    samples = generated(dialog_recall.generate_dialog_recall, tokenizer, length, depth, 3, seed=2, chat=True)
     for s in samples:
         city = s.meta["city"]
         assert s.answer == city

@@ -304,17 +304,24 @@ def test_set_attn_implementation_and_register_idempotent():
 
 
 @torch.no_grad()
+def assert_decode_matches_full(decoder, full_model, ids, prompt: int, tol: float):
+    """Prefill ``prompt`` tokens into ``decoder``'s KV cache, then decode one token at a time: each step's
+    last-token logits equal ``full_model``'s full forward over the same prefix."""
+    out = decoder(ids[:, :prompt], use_cache=True)
+    cache = out.past_key_values
+    for t in range(prompt, ids.shape[1]):
+        out = decoder(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        full = full_model(ids[:, : t + 1]).logits[:, -1]
+        torch.testing.assert_close(out.logits[:, -1].float(), full, atol=tol, rtol=tol)
+
+
+@torch.no_grad()
 def test_kv_cache_decoding_matches_full_forward():
     model = tiny_model(G=3, W=5)
     ids = torch.randint(0, 128, (1, 30), generator=torch.Generator().manual_seed(6))
     k = 7
-    out = model(ids[:, :k], use_cache=True)
-    cache = out.past_key_values
-    for t in range(k, ids.shape[1]):
-        out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        full = model(ids[:, : t + 1]).logits[:, -1]
-        torch.testing.assert_close(out.logits[:, -1], full, atol=1e-5, rtol=1e-5)
+    assert_decode_matches_full(model, model, ids, k, tol=1e-5)
 
 
 @torch.no_grad()
@@ -450,13 +457,7 @@ def test_bf16_kv_cache_decoding_matches_float32_full_forward():
     ids = torch.randint(0, 128, (1, 30), generator=torch.Generator().manual_seed(11))
     bf16 = tiny_model(G=3, W=5).to(torch.bfloat16)
     prompt = 24
-    out = bf16(ids[:, :prompt], use_cache=True)
-    cache = out.past_key_values
-    for t in range(prompt, ids.shape[1]):
-        out = bf16(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        full = model(ids[:, : t + 1]).logits[:, -1]
-        torch.testing.assert_close(out.logits[:, -1].float(), full, atol=5e-2, rtol=5e-2)
+    assert_decode_matches_full(bf16, model, ids, prompt, tol=5e-2)
 
 
 @torch.no_grad()

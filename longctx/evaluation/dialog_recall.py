@@ -50,14 +50,8 @@ def _transcript(tokenizer, rng, n_tokens: int, first_speaker: int) -> list[int]:
     return out[:n_tokens]
 
 
-def generate_dialog_recall(
-    tokenizer,
-    length: int,
-    depth: float | None,
-    num_samples: int,
-    seed: int,
-    use_chat_template: bool,
-) -> list[EvalSample]:
+def generate_dialog_recall(tokenizer, length: int, depth: float | None, num_samples: int, seed: int,
+                           use_chat_template: bool) -> list[EvalSample]:
     """Recall where Bob's cousin lives from a long transcript.
 
     ``depth=None`` puts the fact turn early: a seeded depth drawn uniformly from [0.05, 0.25].

@@ -83,15 +83,8 @@ def _check_depth(depth: float) -> None:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
 
 
-def generate_needle(
-    tokenizer,
-    length: int,
-    depth: float | None,
-    num_samples: int,
-    seed: int,
-    use_chat_template: bool,
-    needles: int = 1,
-) -> list[EvalSample]:
+def generate_needle(tokenizer, length: int, depth: float | None, num_samples: int, seed: int,
+                    use_chat_template: bool, needles: int = 1) -> list[EvalSample]:
     """Single-needle retrieval on real filler; with ``needles`` > 1, several needles, one asked.
 
     ``meta["needle_offset"]`` is the absolute token index of the asked needle's first token;

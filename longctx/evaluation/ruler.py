@@ -129,15 +129,8 @@ def _niah_sample(task, tokenizer, length, depth, index, rng, use_chat_template, 
     return make_sample(task, length, depth, index, frame, intro, haystack, question, answer, answer_ids, meta)
 
 
-def generate_multikey(
-    tokenizer,
-    length: int,
-    depth: float | None,
-    num_samples: int,
-    seed: int,
-    use_chat_template: bool,
-    num_keys: int = 4,
-) -> list[EvalSample]:
+def generate_multikey(tokenizer, length: int, depth: float | None, num_samples: int, seed: int,
+                      use_chat_template: bool, num_keys: int = 4) -> list[EvalSample]:
     """RULER ``niah_multikey_1``: ``num_keys`` key->number needles, one key queried.
 
     The queried needle starts at ``round(depth * haystack_len)`` in the haystack, where the
@@ -162,15 +155,8 @@ def generate_multikey(
     return samples
 
 
-def generate_multivalue(
-    tokenizer,
-    length: int,
-    depth: float | None,
-    num_samples: int,
-    seed: int,
-    use_chat_template: bool,
-    num_values: int = 4,
-) -> list[EvalSample]:
+def generate_multivalue(tokenizer, length: int, depth: float | None, num_samples: int, seed: int,
+                        use_chat_template: bool, num_values: int = 4) -> list[EvalSample]:
     """RULER ``niah_multivalue``: one key, ``num_values`` needles each with another number.
 
     The first generated value's needle starts at ``round(depth * haystack_len)`` (haystack =
@@ -205,16 +191,8 @@ def _var_names(rng: random.Random, n: int) -> list[str]:
     return out
 
 
-def generate_variable_tracking(
-    tokenizer,
-    length: int,
-    depth: float | None,
-    num_samples: int,
-    seed: int,
-    use_chat_template: bool,
-    num_hops: int = 4,
-    num_chains: int = 1,
-) -> list[EvalSample]:
+def generate_variable_tracking(tokenizer, length: int, depth: float | None, num_samples: int, seed: int,
+                               use_chat_template: bool, num_hops: int = 4, num_chains: int = 1) -> list[EvalSample]:
     """RULER ``vt``: follow ``VAR A = 12345``, ``VAR B = VAR A``, ... through ``num_hops`` hops.
 
     Statements keep chain order in the text (RULER inserts them in order). With
