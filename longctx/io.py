@@ -76,11 +76,16 @@ def _non_finite_key(obj, where: str = "") -> str | None:
     return None
 
 
+class NonFiniteMetricError(ValueError):
+    """A metric that is NaN or infinite: the run that produced it went wrong, and nothing was written."""
+
+
 def atomic_write_json(path: str | Path, obj) -> None:
-    """Strict JSON (RFC 8259): a NaN or infinity anywhere is a ValueError naming its key; nothing is written."""
+    """Strict JSON (RFC 8259): a NaN or infinity anywhere raises ``NonFiniteMetricError`` naming its key;
+    nothing is written."""
     bad = _non_finite_key(obj)
     if bad is not None:
-        raise ValueError(f"{path}: {bad} is not a finite number; refusing to write non-standard JSON "
+        raise NonFiniteMetricError(f"{path}: {bad} is not a finite number; refusing to write non-standard JSON "
                          "(a metric that can be undefined must be written as null)")
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 

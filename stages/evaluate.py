@@ -1,9 +1,11 @@
 """Stage evaluate: score one model on the evaluation samples; `--finetuned` adds the fine-tuned weights."""
 
+import sys
+
 from longctx.cli import stage_args
 from longctx.evaluation.samples import load_samples
 from longctx.evaluation.suite import evaluate_model
-from longctx.io import atomic_write_json
+from longctx.io import NonFiniteMetricError, atomic_write_json
 from longctx.methods import warn_eval_beyond_support
 from longctx.modeling import load_finetuned, load_model, load_tokenizer, native_record, read_extension
 from longctx.params import stage_params
@@ -25,5 +27,8 @@ if __name__ == "__main__":
     # the window that "in-window" scores are measured inside (aggregate's effective length)
     ext = read_extension(args.model)
     metrics["info.native_window"] = ext.native_window if ext else native_record(args.model)["native_window"]
-    atomic_write_json(args.out, metrics)
+    try:
+        atomic_write_json(args.out, metrics)
+    except NonFiniteMetricError as e:  # e.g. NaN weights: one line, exit 1, no metrics file
+        sys.exit(f"error: evaluate: {e}")
     print(f"evaluate {args.out}: {metrics}")

@@ -534,3 +534,28 @@ def test_editing_a_local_data_source_reruns_prepare(tmp_path, with_sources_stage
     assert reran == with_sources_stage  # before the fix: the edit went unnoticed
     if with_sources_stage:
         assert (tmp_path / "sft.jsonl").read_bytes() == chats.read_bytes()
+
+
+def test_evaluate_with_nan_weights_stops_with_one_line(workdir):
+    """Before: a NaN perplexity reached atomic_write_json as a ValueError traceback. Now one line, exit 1,
+    and no metrics file (an earlier one is left as it was)."""
+    from safetensors.torch import load_file, save_file
+
+    from longctx.evaluation.samples import EvalSample, save_samples
+
+    base = workdir / "models" / "base"
+    weights = next(base.glob("*.safetensors"))
+    sd = load_file(weights)
+    sd["model.norm.weight"][0] = float("nan")
+    save_file(sd, weights, metadata={"format": "pt"})
+    window = [(7 * i) % 128 for i in range(256)]  # one perplexity window of the tiny vocabulary
+    save_samples([EvalSample("perplexity", 256, None, 0, window, [], "")], workdir / "data" / "eval" / "samples.jsonl")
+    (workdir / "metrics").mkdir()
+    earlier = workdir / "metrics" / "eval_base.json"
+    earlier.write_text('{"ppl.256": 3.0}\n')
+    proc, _ = run_stage("evaluate_base", workdir, {"method": "none", "eval": {"lengths": [256], "passkey": {"enabled": False}}})
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn" not in ln]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert lines[-1].startswith("error: evaluate: metrics/eval_base.json: ppl.256") and "not a finite number" in lines[-1], lines
+    assert "Traceback" not in proc.stderr
+    assert earlier.read_text() == '{"ppl.256": 3.0}\n'
