@@ -114,8 +114,9 @@ def evaluate_model(model, samples: list[EvalSample], ep: EvalParams, tokenizer=N
         nll = token_nll(model, torch.tensor([s.input_ids], device=device))
         for key, value in perplexity_metrics(nll, ep.perplexity.buckets).items():
             metrics[MetricKey("ppl", s.length, detail=None if key == "ppl" else key).format()] = round(value, 4)
-    # Wall time is printed, not stored: metrics must be identical run to run for identical inputs.
-    print(f"evaluated {len(samples)} samples in {time.perf_counter() - t0:.1f} s")
+    # Wall time and peak memory are printed, not stored: metrics must be identical run to run for identical inputs.
+    peak = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
+    print(f"evaluated {len(samples)} samples in {time.perf_counter() - t0:.1f} s{peak}")
     return dict(sorted(metrics.items()))
 
 
