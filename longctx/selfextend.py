@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import warnings
 
 import torch
@@ -323,41 +324,75 @@ def _selfextend_blockwise(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+DECODE_MODES = ("auto", "compiled", "eager")
+# How the decode step runs: "auto" compiled on CUDA and eager elsewhere, "compiled" always (tests use it on the CPU),
+# "eager" never compiled (the reference; also the way out should torch.compile fail on some host).
+DECODE_MODE = os.environ.get("LONGCTX_SELFEXTEND_DECODE", "auto")
+_compiled_decode_step = None
+
+
 def _selfextend_decode(query, key, value, position_ids, attention_mask, scaling, window, group_size, rotary_dim,
-                       theta, scale_base=0.0, softcap=None, dropout=0.0, training=False):
+                       theta, scale_base=0.0, softcap=None, dropout=0.0, training=False, mode=None):
+    """SelfExtend for ONE query per row (a decoding step): :func:`_decode_step`, compiled or eager.
+
+    Decoding is bound by the host launching kernels (~30 small ones per layer and token in eager mode against one
+    SDPA call for plain attention), so on CUDA the step runs through ``torch.compile(dynamic=True)``: Inductor
+    fuses the cos/sin table, the extra rotations, the scaling, masking and float32 softmax into a few kernels
+    around the three matmuls. ``dynamic=True`` keeps the cache length symbolic, so a growing cache does not
+    recompile (one graph while ``kv_len <= W``, one after). ``mode`` (default :data:`DECODE_MODE`, env
+    ``LONGCTX_SELFEXTEND_DECODE``): one of :data:`DECODE_MODES`.
+    """
+    global _compiled_decode_step
+    mode = DECODE_MODE if mode is None else mode
+    if mode not in DECODE_MODES:
+        raise ValueError(f"LONGCTX_SELFEXTEND_DECODE: must be one of {DECODE_MODES}, got {mode!r}")
+    step = _decode_step
+    if mode == "compiled" or (mode == "auto" and query.is_cuda):
+        if _compiled_decode_step is None:
+            _compiled_decode_step = torch.compile(_decode_step, dynamic=True)
+        step = _compiled_decode_step
+    # The inverse frequencies come from a host-side cache, outside the compiled graph.
+    inv_freq = _inv_freq(rotary_dim, theta, query.device, doubled=True)
+    return step(query, key, value, position_ids, attention_mask, inv_freq, scaling, window, group_size, scale_base,
+                softcap, dropout, training)
+
+
+def _decode_step(query, key, value, position_ids, attention_mask, inv_freq, scaling, window, group_size,
+                 scale_base, softcap, dropout, training):
     """SelfExtend for ONE query per row (a decoding step), without float32 copies of the cache or host syncs.
 
     The cache holds keys at contiguous positions ending at the query's, so key ``j`` is ``kv_len - 1 - j`` tokens
-    away in every row (left padding included: padding slots are hidden by the mask). The grouped keys
-    (distance >= W) are therefore the slice ``[0, kv_len - W)`` and the neighbour keys the slice
-    ``[kv_len - W, kv_len)`` -- two static slices, no data-dependent span. Only the grouped slice is rotated
-    again (by ``n // G - n``, paper eq. for the grouped key position), in the model dtype. The two score rows are
-    concatenated in key order and go through ONE softmax, as in the paper; with one query the scores are small
-    (b, h_q, kv_len) and are kept in float32. The query-key products run in the model dtype (as transformers'
-    eager attention), the softmax in float32, the probabilities times values in the model dtype.
+    away in every row (left padding included: padding slots are hidden by the mask), and the grouped keys
+    (distance >= W) are the first ``kv_len - W`` -- known without reading any tensor. The cached keys are rotated
+    again (by ``n // G - n``, paper eq. for the grouped key position) in the model dtype; each key's logit is the
+    grouped one (grouped query, grouped key) or the neighbour one (query and key as cached), chosen by index, and all
+    go through ONE softmax, as in the paper. With one query the scores are small (b, h_q, kv_len) and are kept in
+    float32. The query-key products run in the model dtype (as transformers' eager attention), the softmax in
+    float32, the probabilities times values in the model dtype.
 
     Decoding is bound by the host launching kernels, so the step is written in few operations: one cos/sin
-    table serves the query's and the keys' extra rotations.
+    table serves the query's and the keys' extra rotations (and :func:`_selfextend_decode` compiles it on CUDA).
 
     query (b, h_q, 1, d) rotated at its true position, key/value (b, h_kv, kv_len, d) from the cache,
-    position_ids None or (b, 1); ``rotary_dim``/``theta`` the RoPE channels and base. Returns (b, h_q, 1, d) in the
-    cache dtype. In a bf16 model the query's extra rotation is in bf16 too (as transformers rotates it).
+    position_ids None or (b, 1); ``inv_freq`` the doubled RoPE inverse frequencies (``cat(f, f)``, its length the
+    rotary channels). Returns (b, h_q, 1, d) in the cache dtype. In a bf16 model the query's extra rotation is in
+    bf16 too (as transformers rotates it).
     """
     batch, h_q, _, head_dim = query.shape
     h_kv, kv_len = key.shape[1], key.shape[2]
     dtype = key.dtype
-    split = max(kv_len - window, 0)  # keys [0, split) are grouped, [split, kv_len) neighbours
 
     if position_ids is None:
         q_pos = torch.full((batch, 1), kv_len - 1, device=query.device)
     else:
         q_pos = position_ids[:, -1:].to(device=query.device, dtype=torch.long).expand(batch, 1)
-    # Key positions count back from the query's; left-padding slots get negative ones, hidden by the mask.
-    k_pos = q_pos - torch.arange(kv_len - 1, kv_len - 1 - split, -1, device=query.device)
-    # Extra rotation of the query (m // G + W - W // G - m) and of the grouped keys (n // G - n), one table.
+    # Key j sits kv_len - 1 - j tokens before the query; left-padding slots get negative positions, hidden by the mask.
+    back = torch.arange(kv_len - 1, -1, -1, device=query.device)
+    k_pos = q_pos - back
+    # Extra rotation of the query (m // G + W - W // G - m) and of the keys (n // G - n), one table.
     delta = torch.cat((q_pos // group_size + (window - window // group_size) - q_pos,
                        k_pos // group_size - k_pos), dim=1)
-    emb = delta.to(torch.float32)[:, None, :, None] * _inv_freq(rotary_dim, theta, query.device, doubled=True)
+    emb = delta.to(torch.float32)[:, None, :, None] * inv_freq
     cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
 
     def rotate(x, cos, sin):  # x * cos + rotate_half(x) * sin on the rotary channels (rest passes through)
@@ -368,16 +403,17 @@ def _selfextend_decode(query, key, value, position_ids, attention_mask, scaling,
 
     q_n = query if scale_base <= 0 else (query.to(torch.float32) * _log_scale(q_pos, scale_base)).to(dtype)
     q_g = rotate(q_n.to(dtype), cos[:, :, :1], sin[:, :, :1])
+    k_g = rotate(key, cos[:, :, 1:], sin[:, :, 1:])
 
     def by_kv_head(q):  # (b, h_q, 1, d) -> (b, h_kv, groups, d): shared KV heads broadcast, never repeated
         return q.to(dtype).view(batch, h_kv, h_q // h_kv, head_dim)
 
-    neighbour = torch.matmul(by_kv_head(q_n), key[:, :, split:].transpose(-1, -2))
-    if split > 0:
-        k_g = rotate(key[:, :, :split], cos[:, :, 1:], sin[:, :, 1:])
-        scores = torch.cat((torch.matmul(by_kv_head(q_g), k_g.transpose(-1, -2)), neighbour), dim=-1)
-    else:
-        scores = neighbour
+    # Both logits for every key, the grouped one kept where m - n >= W. No slice of size kv_len - W: a compiled
+    # graph would specialise on that size being 0 or 1 and recompile twice near the window. The price, the
+    # neighbour product reading every cached key instead of the last W, is microseconds on a GPU.
+    grouped = back >= window  # (kv_len,)
+    scores = torch.where(grouped, torch.matmul(by_kv_head(q_g), k_g.transpose(-1, -2)),
+                         torch.matmul(by_kv_head(q_n), key.transpose(-1, -2)))
     scores = scores.to(torch.float32) * scaling  # (b, h_kv, groups, kv_len)
     if softcap:
         scores = softcap * torch.tanh(scores / softcap)
