@@ -16,7 +16,8 @@ Parts (``--parts``, comma-separated), each printing one JSON line per measuremen
 - ``prefill``: one forward (last-token logits, no cache) at ``--prefill-lengths`` for the plain model (baseline:
   the published config, SDPA) and for methods none / yarn / entropy_abf / selfextend built by
   ``longctx.methods.build_extension`` for ``--target`` tokens and applied with ``longctx.modeling.extend_model``.
-- ``decode``: greedy decode tokens/s after a ``--decode-prefill`` token prefill (KV cache), plain vs SelfExtend.
+- ``decode``: greedy decode tokens/s after a ``--decode-prefill`` token prefill (KV cache), plain vs SelfExtend
+  (its decode step compiled and eager, ``--decode-modes``; ``ratio_vs_plain`` in the JSON), compilation excluded.
 - ``maxlen``: the longest LoRA sequence: ours with checkpointing on every layer (``--maxlen-ckpt``) at
   ``--maxlen-lengths`` (one step each, the first timed), and the same setup on a ONE-layer model of the same
   widths at ``--layer-lengths``; ``predict`` in the JSON gives the 32-layer peak derived from it.
@@ -288,13 +289,24 @@ def part_prefill(args, cfg, n):
     free()
 
 
+def _decode_steps(model, past, tok, steps):
+    for _ in range(steps):
+        out = model(input_ids=tok, past_key_values=past, use_cache=True)
+        past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return past, tok
+
+
 @torch.inference_mode()
 def part_decode(args, cfg, n):
+    """Greedy decode after one prefill per (method, SDPA backend). SelfExtend's decode step is measured in each of
+    ``--decode-modes`` (``longctx.selfextend.DECODE_MODE``) on the same cache, one after the other; the first
+    warm-up step (compilation included, for ``compiled``) is reported as ``first_step_s`` and kept out of tok/s."""
+    from longctx import selfextend
+    from longctx.kernels import sdpa_backend
     from longctx.modeling import extend_model
 
-    from longctx.kernels import sdpa_backend
-
     model = shapes.random_model(copy.deepcopy(cfg), DEVICE, torch.bfloat16, attn_implementation="sdpa")
+    plain_tok_s = {}
     for method, backend in [(m, b) for m in ["none", "selfextend"] for b in args.decode_backends]:
         extend_model(model, _extension(method, cfg, args.target))
         free()
@@ -306,35 +318,50 @@ def part_decode(args, cfg, n):
             sync()
             prefill_s = time.perf_counter() - t0
             past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            for _ in range(2):  # warm-up steps (kernel choice); they stay in the cache
-                out = model(input_ids=tok, past_key_values=past, use_cache=True)
-                past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(args.decode_tokens):
-                out = model(input_ids=tok, past_key_values=past, use_cache=True)
-                past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            sync()
-        s = time.perf_counter() - t0
-        emit(part="decode", method=method, sdpa_backend=backend, prefill=args.decode_prefill,
-             prefill_s=round(prefill_s, 3), tokens=args.decode_tokens, decode_tok_s=round(args.decode_tokens / s, 1),
-             ms_per_token=round(1000 * s / args.decode_tokens, 2), peak_gib=gib(peak()))
-        if args.profile_decode:  # where a decode step's time goes, host and device
-            from torch.profiler import ProfilerActivity, profile
-
-            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
-            with sdpa_backend(backend), profile(activities=acts) as prof:
-                for _ in range(2):
-                    out = model(input_ids=tok, past_key_values=past, use_cache=True)
-                    past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            del out
+            for mode in (args.decode_modes if method == "selfextend" else [None]):
+                if mode:
+                    selfextend.DECODE_MODE = mode
+                t0 = time.perf_counter()
+                past, tok = _decode_steps(model, past, tok, 1)  # compiles the step (mode compiled)
                 sync()
-            ev = prof.key_averages()
-            print(f"profile decode {method} (sdpa_backend {backend}): 2 steps")
-            print(ev.table(sort_by="self_device_time_total", row_limit=10, max_name_column_width=60))
-            print(ev.table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=60))
-        del out, past
+                first_step_s = time.perf_counter() - t0
+                past, tok = _decode_steps(model, past, tok, 1)  # warm-up (kernel choice); it stays in the cache
+                sync()
+                t0 = time.perf_counter()
+                past, tok = _decode_steps(model, past, tok, args.decode_tokens)
+                sync()
+                s = time.perf_counter() - t0
+                tok_s = args.decode_tokens / s
+                row = dict(part="decode", method=method, sdpa_backend=backend, prefill=args.decode_prefill,
+                           prefill_s=round(prefill_s, 3), tokens=args.decode_tokens, decode_tok_s=round(tok_s, 1),
+                           ms_per_token=round(1000 * s / args.decode_tokens, 2), first_step_s=round(first_step_s, 2),
+                           peak_gib=gib(peak()))
+                if mode:
+                    row.update(decode_mode=mode, ratio_vs_plain=round(tok_s / plain_tok_s[backend], 3))
+                else:
+                    plain_tok_s[backend] = tok_s
+                emit(**row)
+                if args.profile_decode:  # where a decode step's time goes, host and device
+                    past, tok = _profile_decode(model, past, tok, f"{method} {mode or ''} (sdpa_backend {backend})")
+        del past
+    selfextend.DECODE_MODE = "auto"
     del model
     free()
+
+
+def _profile_decode(model, past, tok, label):
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with profile(activities=acts) as prof:
+        past, tok = _decode_steps(model, past, tok, 2)
+        sync()
+    ev = prof.key_averages()
+    print(f"profile decode {label}: 2 steps")
+    print(ev.table(sort_by="self_device_time_total", row_limit=10, max_name_column_width=60))
+    print(ev.table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=60))
+    return past, tok
 
 
 def _one_step(name, make, T, part, n, cfg, warmup=0, repeats=1, **extra):
@@ -409,6 +436,8 @@ def main():
     ap.add_argument("--decode-tokens", type=int, default=8)
     ap.add_argument("--decode-backends", default="auto,flash",
                     help="SDPA backends tried first in the decode part, each measured (comma-separated)")
+    ap.add_argument("--decode-modes", default="compiled,eager",
+                    help="SelfExtend decode step modes measured, in order, on one cache (longctx.selfextend.DECODE_MODES)")
     ap.add_argument("--profile-decode", action="store_true")
     ap.add_argument("--profile-lora", action="store_true", help="profile one step of each setup at the last length")
     ap.add_argument("--maxlen-ckpt", default="full")
@@ -425,6 +454,7 @@ def main():
     args = ap.parse_args()
     args.methods = [m for m in args.methods.split(",") if m]
     args.decode_backends = [b for b in args.decode_backends.split(",") if b]
+    args.decode_modes = [m for m in args.decode_modes.split(",") if m]
     OUT = args.out
     if args.smoke:  # the script's logic on the CPU: tiny shapes, no Triton/cuDNN kernels
         DEVICE, args.shape, args.full_shape, args.liger, args.backend = "cpu", "tiny", "tiny", False, "auto"

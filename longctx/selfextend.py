@@ -43,6 +43,10 @@ Use with transformers
 Queries and keys reach the attention function already rotated at their true positions (keys possibly from a
 KV cache). Rotation is linear and additive in the angle, ``R(p_new) x = R(p_new - p_old) R(p_old) x``, so the
 grouped queries/keys are obtained by rotating once more by ``grouped_pos - true_pos``.
+
+Paths: a prefill (several queries) runs two ``flex_attention`` passes merged by log-sum-exp on CUDA, and query
+blocks elsewhere; a decoding step (one query per row) runs :func:`_decode_step`, a few operations in the model dtype
+that ``torch.compile`` fuses on CUDA (``LONGCTX_SELFEXTEND_DECODE``: ``auto`` | ``compiled`` | ``eager``).
 """
 
 from __future__ import annotations

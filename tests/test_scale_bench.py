@@ -26,7 +26,7 @@ def test_scale_benchmark_smoke(tmp_path):
 def test_finetune_scale_check_and_decode_smoke(tmp_path):
     """The two python parts of benchmarks/gpu_host_scale_check.sh on the CPU (tiny shape): the finetune stage's
     code path with train.keep_activations writes an adapter and reports each step; the decode part reports plain
-    and SelfExtend for each SDPA backend."""
+    and SelfExtend (its decode step compiled and eager) for each SDPA backend."""
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "finetune.jsonl"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/finetune_scale_check.py"), "--smoke", "--steps", "2",
@@ -44,5 +44,8 @@ def test_finetune_scale_check_and_decode_smoke(tmp_path):
                     "--decode-prefill", "48", "--decode-tokens", "2", "--decode-backends", "auto,flash",
                     "--out", str(out)], check=True, cwd=ROOT, env=env, timeout=300, capture_output=True)
     decode = [json.loads(line) for line in out.read_text().splitlines()]
-    got = {(r["method"], r["sdpa_backend"]) for r in decode if r.get("part") == "decode" and "method" in r}
-    assert got == {(m, b) for m in ("none", "selfextend") for b in ("auto", "flash")}
+    rows = [r for r in decode if r.get("part") == "decode" and "method" in r]
+    got = {(r["method"], r["sdpa_backend"], r.get("decode_mode")) for r in rows}
+    assert got == {("none", b, None) for b in ("auto", "flash")} | {
+        ("selfextend", b, m) for b in ("auto", "flash") for m in ("compiled", "eager")}
+    assert all(r["ratio_vs_plain"] > 0 for r in rows if r["method"] == "selfextend")
