@@ -44,9 +44,19 @@ Queries and keys reach the attention function already rotated at their true posi
 KV cache). Rotation is linear and additive in the angle, ``R(p_new) x = R(p_new - p_old) R(p_old) x``, so the
 grouped queries/keys are obtained by rotating once more by ``grouped_pos - true_pos``.
 
-Paths: a prefill (several queries) runs two ``flex_attention`` passes merged by log-sum-exp on CUDA, and query
-blocks elsewhere; a decoding step (one query per row) runs :func:`_decode_step`, a few operations in the model dtype
-that ``torch.compile`` fuses on CUDA (``LONGCTX_SELFEXTEND_DECODE``: ``auto`` | ``compiled`` | ``eager``).
+Which path computes it
+----------------------
+Every path computes the same maths (the tests hold each to an independent float64 reference):
+
+- one query per row (a decoding step from the KV cache): :func:`_decode_step`, a few operations in the model dtype
+  that ``torch.compile`` fuses on CUDA (``LONGCTX_SELFEXTEND_DECODE``: ``auto`` | ``compiled`` | ``eager``);
+- CUDA, no gradient, no mask (an unpadded prefill: transformers passes None), ``q_len == kv_len``, contiguous
+  positions, no dropout or soft-capping (the evaluation's prefill): :func:`_selfextend_prefill` -- the grouped
+  part is one causal FlashAttention call on shifted slices, the neighbour part a narrow flex_attention band
+  (issue 14: the flex-only path ran at 0.6x of plain SDPA's tokens/s);
+- CUDA otherwise with at least 128 queries (training with gradients, padded batches): :func:`_selfextend_flex`,
+  two flex_attention passes;
+- everything else (the CPU, a few queries, additive float masks, dropout): :func:`_selfextend_blockwise`.
 """
 
 from __future__ import annotations
@@ -440,6 +450,18 @@ def _decode_step(query, key, value, position_ids, attention_mask, inv_freq, scal
 _compiled_flex = None
 
 
+def _flex_function(compiled: bool):
+    """``flex_attention``, compiled once per process (``compiled=False``: flex's eager reference, for CPU tests)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _compiled_flex
+    if not compiled:
+        return flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention)
+    return _compiled_flex
+
+
 def _selfextend_flex(q_n, k_n, q_g, k_g, v, q_pos, k_pos, attention_mask, scaling, window, compiled=True,
                      softcap=None):
     """SelfExtend with ``flex_attention`` (fused, never materialises scores when compiled; meant for CUDA).
@@ -452,12 +474,9 @@ def _selfextend_flex(q_n, k_n, q_g, k_g, v, q_pos, k_pos, attention_mask, scalin
     blockwise path does. A row with no key in one pass gets lse -inf there; the merge gives it weight 0, and
     its gradient through the lse is 0 (exp(-inf) = 0), so long sequences train with finite gradients.
     """
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask
 
-    global _compiled_flex
-    if compiled and _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention)
-    attend = _compiled_flex if compiled else flex_attention
+    attend = _flex_function(compiled)
 
     batch, _, q_len, _ = q_n.shape
     kv_len = k_n.shape[2]
@@ -500,6 +519,90 @@ def _flex_with_lse(attend, q, k, v, block_mask, scaling, softcap=None):
         return attend(q, k, v, return_lse=True, **kw)
     out, aux = attend(q, k, v, return_aux=AuxRequest(lse=True), **kw)
     return out, aux.lse
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CUDA evaluation prefill: one causal FlashAttention pass + one narrow flex band, merged by log-sum-exp
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _prefill_kernels_fit(query, key, attention_mask, position_ids, dropout, softcap) -> bool:
+    """Whether a call is an unmasked no-grad prefill that :func:`_selfextend_prefill` computes exactly.
+
+    Needs: no gradient (FlashAttention's lse is used as a constant), no mask (transformers' ``sdpa_mask`` gives
+    None for an unpadded causal batch), ``q_len == kv_len``, positions contiguous in every row (the
+    neighbour/grouped split is then by index distance), no dropout or soft-capping (the flash call has neither),
+    and a dtype and head size the FlashAttention-2 kernel takes. One host sync when ``position_ids`` is given.
+    """
+    batch, _, q_len, head_dim = query.shape
+    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad):
+        return False
+    if attention_mask is not None or key.shape[2] != q_len or q_len < FLEX_MIN_QUERIES or dropout or softcap:
+        return False
+    if query.dtype not in (torch.float16, torch.bfloat16) or head_dim % 8 or head_dim > 256:
+        return False
+    if position_ids is None:
+        return True
+    steps = torch.arange(q_len, device=position_ids.device)
+    return bool((position_ids - position_ids[:, :1] == steps).all())
+
+
+def _causal_attention_lse(q, k, v, scaling):
+    """Causal softmax attention and its log-sum-exp: (out (b, h, n, d), lse (b, h, n) float32).
+
+    q, k, v (b, h, n, d) of one length ``n`` (top-left = bottom-right causal); KV heads fewer than query heads
+    are repeated (cheap next to the attention, and the aten op below is documented for equal heads only).
+    CUDA: PyTorch's FlashAttention-2 kernel, whose lse is the natural-log log-sum-exp of the scaled logits
+    (FlashAttention-2, Dao 2023, Alg. 1 line 12). Elsewhere: the same quantities in float32 matrix maths, so
+    the slicing and merging around this call are tested on the CPU.
+    """
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    n = q.shape[2]
+    if q.is_cuda:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True, False, scale=scaling)[:2]
+        return out, lse[..., :n].float()
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling
+    causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~causal, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), v.float()), torch.logsumexp(scores, dim=-1)
+
+
+@functools.lru_cache(maxsize=8)
+def _band_block_mask(n: int, window: int, device: torch.device, compiled: bool):
+    """flex block mask of the neighbour band ``m - W < n' <= m`` (one per length: shared by every layer)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def band(b, h, qi, kj):
+        return (kj <= qi) & (qi - kj < window)
+
+    return create_block_mask(band, None, None, n, n, device=device, _compile=compiled)
+
+
+def _selfextend_prefill(q_n, k_n, q_g, k_g, v, scaling, window, compiled=True):
+    """SelfExtend for an unmasked prefill with contiguous positions (see :func:`_prefill_kernels_fit`).
+
+    With key index = position, key ``j`` is grouped for query ``i`` iff ``j <= i - W`` (paper: distance >= W).
+    Writing ``i = W + i'``, that is ``j <= i'``: the grouped part is ONE ordinary causal attention of the
+    shifted queries ``q_g[W:]`` over the keys ``k_g[:T - W]``, the bulk of the work, done by FlashAttention.
+    Queries ``i < W`` have no grouped key. The neighbour part (``i - W < j <= i``) is a band of width W, O(T W):
+    flex_attention with a block mask that lists only the band's blocks, built once per length. The two parts
+    are merged exactly by :func:`merge_attention_partials` (one softmax over all keys, as in the paper).
+
+    q_* (b, h_q, T, d), k_*/v (b, h_kv, T, d) in the model dtype (CUDA) or float32 (CPU tests with
+    ``compiled=False``). Returns (b, h_q, T, d) float32.
+    """
+    n = q_n.shape[2]
+    if n <= window:  # every key is a neighbour: plain causal attention
+        return _causal_attention_lse(q_n, k_n, v, scaling)[0].float()
+    band = _band_block_mask(n, window, q_n.device, compiled)
+    near, near_lse = _flex_with_lse(_flex_function(compiled), q_n, k_n, v, band, scaling)
+    far, far_lse = _causal_attention_lse(q_g[:, :, window:], k_g[:, :, : n - window], v[:, :, : n - window],
+                                         scaling)
+    out = near.float()  # queries i < W: their neighbours are all their keys
+    out[:, :, window:] = merge_attention_partials(near[:, :, window:], near_lse[..., window:], far, far_lse)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -565,13 +668,15 @@ def selfextend_attention(
     if scale_base > 0:
         q_n = q_n * _log_scale(q_pos, scale_base)  # commutes with the rotation, so scale the rotated query
     q_g = _rotate(q_n, q_group_delta, inv_freq)
-    k_n = key.to(torch.float32)
-    k_g = _rotate(k_n, k_group_delta, inv_freq)
+    k_g = _rotate(key, k_group_delta, inv_freq)  # float32
 
     is_bool_mask = attention_mask is None or attention_mask.dtype == torch.bool
+    if query.is_cuda and _prefill_kernels_fit(query, key, attention_mask, position_ids, dropout, softcap):
+        dtype = query.dtype
+        out = _selfextend_prefill(q_n.to(dtype), key, q_g.to(dtype), k_g.to(dtype), value, scaling, window)
     # flex_attention for long query chunks on CUDA; a few queries (e.g. speculative or chunked decoding) are cheap
     # on the general path and would otherwise trigger a flex recompilation per cache length.
-    if query.is_cuda and q_len >= FLEX_MIN_QUERIES and dropout == 0.0 and is_bool_mask:
+    elif query.is_cuda and q_len >= FLEX_MIN_QUERIES and dropout == 0.0 and is_bool_mask:
         dtype = query.dtype
         out = _selfextend_flex(
             q_n.to(dtype), key, q_g.to(dtype), k_g.to(dtype), value, q_pos, k_pos, attention_mask, scaling, window,
@@ -583,7 +688,7 @@ def selfextend_attention(
             return x.view(batch, h_kv, groups, q_len, head_dim)
 
         out = _selfextend_blockwise(
-            by_kv_head(q_n), k_n, by_kv_head(q_g), k_g, value.to(torch.float32), q_pos, k_pos,
+            by_kv_head(q_n), key.to(torch.float32), by_kv_head(q_g), k_g, value.to(torch.float32), q_pos, k_pos,
             attention_mask, scaling, window, dropout, module.training, query_block, softcap,
         ).reshape(batch, h_q, q_len, head_dim)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None

@@ -8,9 +8,13 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from longctx import selfextend
 from longctx.selfextend import (
     ATTN_IMPLEMENTATION,
+    _causal_attention_lse,
+    _prefill_kernels_fit,
     _selfextend_flex,
+    _selfextend_prefill,
     check_selfextend_target,
     merge_attention_partials,
     selfextend_attention,
@@ -188,6 +192,89 @@ def test_flex_path_matches_blockwise_on_cpu():
         warnings.simplefilter("ignore")
         out = _selfextend_flex(q_n, k_n, q_g, k_g, v, pos, pos, None, 16**-0.5, W, compiled=False)
     torch.testing.assert_close(out.transpose(1, 2), expected, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- 2a. evaluation prefill path
+
+
+@pytest.mark.parametrize(
+    "G, W, n, h_q, h_kv, scale_base",
+    [
+        (2, 8, 5, 4, 2, 0),  # T < W: plain causal attention
+        (2, 8, 8, 4, 2, 0),  # T == W: still no grouped key
+        (2, 8, 9, 4, 4, 0),  # one grouped key for the last query
+        (3, 6, 131, 4, 2, 0),  # T >> W, GQA, more than one flex block
+        (4, 16, 70, 6, 2, 8.0),  # log attention scaling, three queries per KV head
+        (1, 1, 20, 2, 1, 0),  # W = 1: every earlier key is grouped
+    ],
+)
+def test_prefill_path_matches_reference(G, W, n, h_q, h_kv, scale_base):
+    """The no-grad CUDA prefill maths (flash's part replaced by its float32 twin on the CPU, flex eager) equals
+    the float64 reference and the blockwise path."""
+    b = 2
+    q0, k0, v = random_case(b, n, h_q=h_q, h_kv=h_kv, seed=n + W)
+    pos = torch.arange(n).expand(b, n)
+    module = fake_module(G, W, h_q=h_q, h_kv=h_kv, scale_base=scale_base)
+    q_s = q0.double()
+    if scale_base > 0:
+        q_s = q_s * (torch.log(pos.double() + 1) / math.log(scale_base)).clamp(min=1)[:, None, :, None]
+    q_n, k_n = rope(q_s, pos).float(), rope(k0.double(), pos).float()
+    q_g, k_g = rope(q_s, pos // G + W - W // G).float(), rope(k0.double(), pos // G).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = _selfextend_prefill(q_n, k_n, q_g, k_g, v, 16**-0.5, W, compiled=False).transpose(1, 2)
+    causal = torch.ones(n, n, dtype=torch.bool).tril().expand(b, n, n)
+    ref = reference(q0, k0, v, pos, pos, G, W, causal, scale_base)
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(out, run_selfextend(module, q0, k0, v, pos, pos), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("partial", [1.0, 0.5])
+def test_prefill_path_equals_blockwise_with_partial_rotary(partial):
+    """Partial rotary: given the grouped rotations selfextend_attention makes, the prefill path gives the
+    blockwise path's output (positions offset by 7: only the index distance decides neighbour vs grouped)."""
+    G, W, n, b = 3, 10, 45, 2
+    q, k, v = random_case(b, n, seed=43)  # taken as already rotated at their true positions
+    pos = (7 + torch.arange(n)).expand(b, n)
+    module = fake_module(G, W)
+    module.config.rope_parameters = {"rope_theta": THETA, "partial_rotary_factor": partial}
+    want, _ = selfextend_attention(module, q, k, v, None, scaling=0.25, position_ids=pos)
+    inv_freq = selfextend._inv_freq(int(16 * partial), THETA, q.device)
+    q_g = selfextend._rotate(q, pos // G + W - W // G - pos, inv_freq)
+    k_g = selfextend._rotate(k, pos // G - pos, inv_freq)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = _selfextend_prefill(q, k, q_g, k_g, v, 0.25, W, compiled=False)
+    torch.testing.assert_close(got.transpose(1, 2), want, atol=1e-5, rtol=1e-5)
+
+
+def test_causal_attention_lse_fallback_matches_flash_convention():
+    """The CPU twin returns what PyTorch's flash kernels return: output and natural-log lse (b, h, n)."""
+    g = torch.Generator().manual_seed(44)
+    q, k, v = (torch.randn(2, 4, 19, 16, generator=g) for _ in range(3))
+    out, lse = _causal_attention_lse(q, k[:, :2], v[:, :2], 0.3)  # GQA: KV heads repeated
+    k2, v2 = k[:, :2].repeat_interleave(2, 1), v[:, :2].repeat_interleave(2, 1)
+    flash_out, flash_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k2, v2, 0.0, True, scale=0.3)
+    torch.testing.assert_close(out, flash_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, flash_lse, atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_kernels_route_only_unmasked_no_grad_prefills():
+    b, n, d = 2, 256, 16
+    q = torch.randn(b, 4, n, d, dtype=torch.bfloat16)
+    k = torch.randn(b, 2, n, d, dtype=torch.bfloat16)
+    pos = torch.arange(n).expand(b, n)
+    with torch.no_grad():
+        assert _prefill_kernels_fit(q, k, None, None, 0.0, None)
+        assert _prefill_kernels_fit(q, k, None, pos + 5, 0.0, None)  # offset positions: same split
+        assert not _prefill_kernels_fit(q, k, None, pos.flip(-1), 0.0, None)  # not contiguous
+        assert not _prefill_kernels_fit(q, k, torch.ones(b, 1, n, n, dtype=torch.bool), pos, 0.0, None)
+        assert not _prefill_kernels_fit(q, k, None, pos, 0.1, None)  # dropout
+        assert not _prefill_kernels_fit(q, k, None, pos, 0.0, 50.0)  # soft-capping
+        assert not _prefill_kernels_fit(q[:, :, -100:], k, None, None, 0.0, None)  # q_len != kv_len
+        assert not _prefill_kernels_fit(q.float(), k.float(), None, None, 0.0, None)  # not a flash dtype
+    assert _prefill_kernels_fit(q, k, None, pos, 0.0, None)  # grad mode on, nothing requires grad
+    assert not _prefill_kernels_fit(q.requires_grad_(), k, None, pos, 0.0, None)  # training keeps flex
 
 
 # --------------------------------------------------------------------------- 2b. gradients past the window
