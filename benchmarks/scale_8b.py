@@ -16,6 +16,10 @@ Parts (``--parts``, comma-separated), each printing one JSON line per measuremen
 - ``prefill``: one forward (last-token logits, no cache) at ``--prefill-lengths`` for the plain model (baseline:
   the published config, SDPA) and for methods none / yarn / entropy_abf / selfextend built by
   ``longctx.methods.build_extension`` for ``--target`` tokens and applied with ``longctx.modeling.extend_model``.
+  Rows give ``vs_plain`` (tokens/s over the plain model's). Before SelfExtend's rows, a ``check`` row per causal
+  kernel of its prefill path: error against the CPU path, and ms per attention call against plain SDPA at the
+  longest length. ``--profile-prefill T``: the top device ops of one SelfExtend forward at ``T`` (also written
+  next to ``--out`` as ``*.selfextend_profile.txt``).
 - ``decode``: greedy decode tokens/s after a ``--decode-prefill`` token prefill (KV cache), plain vs SelfExtend
   (its decode step compiled and eager, ``--decode-modes``; ``ratio_vs_plain`` in the JSON), compilation excluded.
 - ``maxlen``: the longest LoRA sequence: ours with checkpointing on every layer (``--maxlen-ckpt``) at
@@ -239,8 +243,10 @@ def profile_step(step, T, label):
         sync()
     events = prof.key_averages()
     total = sum(e.self_device_time_total for e in events) / 1e6
-    print(f"profile {label} at {T}: device busy {total:.3f} s")
-    print(events.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=70))
+    text = (f"profile {label} at {T}: device busy {total:.3f} s\n"
+            + events.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=70))
+    print(text)
+    return text
 
 
 def _extension(method, cfg, target):
@@ -269,9 +275,13 @@ def part_prefill(args, cfg, n):
 
     model = shapes.random_model(copy.deepcopy(cfg), DEVICE, torch.bfloat16, attn_implementation="sdpa")
     warm = ids_of(cfg, 4096)
+    plain = {}  # tokens/s of the plain model per length: the other rows' vs_plain
     for method in ["plain"] + args.methods:
         if method != "plain":
-            extend_model(model, _extension(method, cfg, args.target))
+            extension = _extension(method, cfg, args.target)
+            extend_model(model, extension)
+            if method == "selfextend":
+                selfextend_attention_check(cfg, extension, max(args.prefill_lengths))
         for i, T in enumerate(args.prefill_lengths):
             free()
             try:
@@ -279,12 +289,19 @@ def part_prefill(args, cfg, n):
                 if i == 0 or method == "selfextend":  # again, after compilation (FlexAttention, per shape)
                     s, peak = forward_time(model, ids_of(cfg, T))
                 f = 2 * n * T + 2 * cfg.num_hidden_layers * cfg.hidden_size * T * T
+                if method == "plain":
+                    plain[T] = T / s
                 emit(part="prefill", method=method, length=T, s=round(s, 3), tok_s=round(T / s),
+                     vs_plain=round(T / s / plain[T], 3) if T in plain else None,
                      mfu=round(f / s / PEAK, 3), peak_gib=gib(peak))
             except Exception as e:  # noqa: BLE001
                 if not is_oom(e):
                     raise
                 emit(part="prefill", method=method, length=T, result="oom")
+            if method == "selfextend" and T == args.profile_prefill:
+                text = profile_step(lambda T: forward_time(model, ids_of(cfg, T)), T, "selfextend prefill")
+                if OUT:
+                    Path(OUT).with_suffix(".selfextend_profile.txt").write_text(text)
     del model
     free()
 
@@ -294,6 +311,69 @@ def _decode_steps(model, past, tok, steps):
         out = model(input_ids=tok, past_key_values=past, use_cache=True)
         past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
     return past, tok
+
+
+@torch.inference_mode()
+def selfextend_attention_check(cfg, extension, T):
+    """SelfExtend's attention alone on one layer's shapes (random q/k/v, bf16), for each causal kernel of its
+    prefill path (``longctx.selfextend.PREFILL_KERNELS``):
+
+    - error: the prefill path at 3 windows' length against the same call on the CPU (float32, the blockwise
+      path that the tests hold to a float64 reference); ``sdpa_err`` is plain causal SDPA's bf16-vs-CPU error,
+      the scale of bf16 rounding. An error far above it means the kernel's lse is not what the merge expects.
+    - time: ms per call at ``T`` against plain causal SDPA (``enable_gqa``, PyTorch's default kernel order).
+    """
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from longctx import selfextend
+    from longctx.modeling import head_dim
+
+    d, h_q, h_kv = head_dim(cfg), cfg.num_attention_heads, cfg.num_key_value_heads
+    module = SimpleNamespace(config=SimpleNamespace(longctx_extension=extension.attention,
+                                                    rope_parameters=extension.rope_parameters), training=False)
+    window = extension.attention["window"]
+
+    def qkv(length, seed=0):
+        g = torch.Generator(device=DEVICE).manual_seed(seed)
+        return [torch.randn(1, h, length, d, device=DEVICE, generator=g, dtype=torch.bfloat16)
+                for h in (h_q, h_kv, h_kv)]
+
+    def selfextend_call(q, k, v):
+        pos = torch.arange(q.shape[2], device=q.device)[None]
+        return selfextend.selfextend_attention(module, q, k, v, None, position_ids=pos)[0]
+
+    def plain_call(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    n = 3 * window
+    q, k, v = qkv(n)
+    cpu = [x.float().cpu() for x in (q, k, v)]
+    ref = selfextend_call(*cpu)
+    sdpa_err = (plain_call(q, k, v).float().cpu() - plain_call(*cpu)).abs().max().item()
+
+    def ms_per_call(call, q, k, v, repeats=3):
+        call(q, k, v)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            call(q, k, v)
+        sync()
+        return round(1000 * (time.perf_counter() - t0) / repeats, 2)
+
+    big = qkv(T, seed=1)
+    plain_ms = ms_per_call(plain_call, *big)
+    default = selfextend.PREFILL_KERNEL
+    for kernel in selfextend.PREFILL_KERNELS:
+        selfextend.PREFILL_KERNEL = kernel
+        err = (selfextend_call(q, k, v).float().cpu() - ref).abs().max().item()
+        ms = ms_per_call(selfextend_call, *big)
+        emit(part="prefill", check="selfextend_attention", kernel=kernel, err_length=n, max_abs_err=round(err, 5),
+             sdpa_err=round(sdpa_err, 5), ref_max_abs=round(ref.abs().max().item(), 4), length=T,
+             plain_sdpa_ms=plain_ms, selfextend_ms=ms, vs_plain=round(plain_ms / ms, 3))
+    selfextend.PREFILL_KERNEL = default
+    free()
 
 
 @torch.inference_mode()
@@ -432,6 +512,8 @@ def main():
     ap.add_argument("--prefill-lengths", type=ints, default=ints("32768,65536,131072"))
     ap.add_argument("--methods", default="none,yarn,entropy_abf,selfextend")
     ap.add_argument("--target", type=int, default=131072, help="extension target length of the methods")
+    ap.add_argument("--profile-prefill", type=int, default=0,
+                    help="profile one SelfExtend prefill forward at this length (one of --prefill-lengths)")
     ap.add_argument("--decode-prefill", type=int, default=32768)
     ap.add_argument("--decode-tokens", type=int, default=8)
     ap.add_argument("--decode-backends", default="auto,flash",

@@ -52,7 +52,7 @@ Every path computes the same maths (the tests hold each to an independent float6
   that ``torch.compile`` fuses on CUDA (``LONGCTX_SELFEXTEND_DECODE``: ``auto`` | ``compiled`` | ``eager``);
 - CUDA, no gradient, no mask (an unpadded prefill: transformers passes None), ``q_len == kv_len``, contiguous
   positions, no dropout or soft-capping (the evaluation's prefill): :func:`_selfextend_prefill` -- the grouped
-  part is one causal FlashAttention call on shifted slices, the neighbour part a narrow flex_attention band
+  part is one causal cuDNN (or FlashAttention) call on shifted slices, the neighbour part a narrow flex band
   (issue 14: the flex-only path ran at 0.6x of plain SDPA's tokens/s);
 - CUDA otherwise with at least 128 queries (training with gradients, padded batches): :func:`_selfextend_flex`,
   two flex_attention passes;
@@ -74,6 +74,8 @@ from longctx import rope
 ATTN_IMPLEMENTATION = "longctx_selfextend"
 DEFAULT_QUERY_BLOCK = 1024
 FLEX_MIN_QUERIES = 128  # one flex_attention block
+PREFILL_KERNELS = ("cudnn", "flash")  # the causal kernel of the grouped part in _selfextend_prefill
+PREFILL_KERNEL = "cudnn"
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
@@ -522,19 +524,20 @@ def _flex_with_lse(attend, q, k, v, block_mask, scaling, softcap=None):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# CUDA evaluation prefill: one causal FlashAttention pass + one narrow flex band, merged by log-sum-exp
+# CUDA evaluation prefill: one fused causal pass (cuDNN) + one narrow flex band, merged by log-sum-exp
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def _prefill_kernels_fit(query, key, attention_mask, position_ids, dropout, softcap) -> bool:
     """Whether a call is an unmasked no-grad prefill that :func:`_selfextend_prefill` computes exactly.
 
-    Needs: no gradient (FlashAttention's lse is used as a constant), no mask (transformers' ``sdpa_mask`` gives
+    Needs: no gradient (the fused kernel's lse is used as a constant), no mask (transformers' ``sdpa_mask`` gives
     None for an unpadded causal batch), ``q_len == kv_len``, positions contiguous in every row (the
     neighbour/grouped split is then by index distance), no dropout or soft-capping (the flash call has neither),
-    and a dtype and head size the FlashAttention-2 kernel takes. One host sync when ``position_ids`` is given.
+    and a dtype and head size the cuDNN and FlashAttention-2 kernels take. One host sync when ``position_ids``
+    is given.
     """
-    batch, _, q_len, head_dim = query.shape
+    q_len, head_dim = query.shape[2], query.shape[3]
     if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad):
         return False
     if attention_mask is not None or key.shape[2] != q_len or q_len < FLEX_MIN_QUERIES or dropout or softcap:
@@ -547,22 +550,36 @@ def _prefill_kernels_fit(query, key, attention_mask, position_ids, dropout, soft
     return bool((position_ids - position_ids[:, :1] == steps).all())
 
 
-def _causal_attention_lse(q, k, v, scaling):
+def _causal_attention_lse(q, k, v, scaling, kernel: str | None = None):
     """Causal softmax attention and its log-sum-exp: (out (b, h, n, d), lse (b, h, n) float32).
 
     q, k, v (b, h, n, d) of one length ``n`` (top-left = bottom-right causal); KV heads fewer than query heads
-    are repeated (cheap next to the attention, and the aten op below is documented for equal heads only).
-    CUDA: PyTorch's FlashAttention-2 kernel, whose lse is the natural-log log-sum-exp of the scaled logits
-    (FlashAttention-2, Dao 2023, Alg. 1 line 12). Elsewhere: the same quantities in float32 matrix maths, so
-    the slicing and merging around this call are tested on the CPU.
+    are repeated (cheap next to the attention, and the aten ops below are documented for equal heads only).
+    CUDA: ``kernel`` (default :data:`PREFILL_KERNEL`) is ``cudnn`` -- the kernel plain SDPA runs on an H200
+    (about 560 TFLOP/s forward in the LoRA profile) -- or ``flash`` (PyTorch's FlashAttention-2); both return the
+    natural-log log-sum-exp of the scaled logits (FlashAttention-2, Dao 2023, Alg. 1 line 12). A cuDNN error
+    (no cuDNN attention for this shape or build) falls back to flash with a warning. Elsewhere: the same
+    quantities in float32 matrix maths, so the slicing and merging around this call are tested on the CPU.
     """
     if k.shape[1] != q.shape[1]:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    n = q.shape[2]
+    batch, heads, n, _ = q.shape
     if q.is_cuda:
+        kernel = kernel or PREFILL_KERNEL
+        if kernel not in PREFILL_KERNELS:
+            raise ValueError(f"SelfExtend prefill kernel {kernel!r}; allowed: {', '.join(PREFILL_KERNELS)}")
+        # cuDNN through the aten op is known to misread non-contiguous views (diffusers' note); slices are views.
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        if kernel == "cudnn":
+            try:
+                out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+                    q, k, v, None, True, 0.0, True, False, scale=scaling)[:2]
+                return out, lse.reshape(batch, heads, -1)[..., :n].float()  # cuDNN's lse is (b, h, n, 1)
+            except RuntimeError as e:
+                warnings.warn(f"SelfExtend prefill: cuDNN attention failed ({str(e)[:200]}); using flash", stacklevel=2)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True, False, scale=scaling)[:2]
-        return out, lse[..., :n].float()
+        return out, lse.reshape(batch, heads, -1)[..., :n].float()
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling
     causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
     scores = scores.masked_fill(~causal, float("-inf"))
@@ -580,12 +597,13 @@ def _band_block_mask(n: int, window: int, device: torch.device, compiled: bool):
     return create_block_mask(band, None, None, n, n, device=device, _compile=compiled)
 
 
-def _selfextend_prefill(q_n, k_n, q_g, k_g, v, scaling, window, compiled=True):
+def _selfextend_prefill(q_n, k_n, q_g, k_g, v, scaling, window, compiled=True, kernel=None):
     """SelfExtend for an unmasked prefill with contiguous positions (see :func:`_prefill_kernels_fit`).
 
     With key index = position, key ``j`` is grouped for query ``i`` iff ``j <= i - W`` (paper: distance >= W).
     Writing ``i = W + i'``, that is ``j <= i'``: the grouped part is ONE ordinary causal attention of the
-    shifted queries ``q_g[W:]`` over the keys ``k_g[:T - W]``, the bulk of the work, done by FlashAttention.
+    shifted queries ``q_g[W:]`` over the keys ``k_g[:T - W]``, the bulk of the work, done by cuDNN's (or
+    FlashAttention's) fused causal kernel, ``kernel`` (:func:`_causal_attention_lse`).
     Queries ``i < W`` have no grouped key. The neighbour part (``i - W < j <= i``) is a band of width W, O(T W):
     flex_attention with a block mask that lists only the band's blocks, built once per length. The two parts
     are merged exactly by :func:`merge_attention_partials` (one softmax over all keys, as in the paper).
@@ -595,11 +613,11 @@ def _selfextend_prefill(q_n, k_n, q_g, k_g, v, scaling, window, compiled=True):
     """
     n = q_n.shape[2]
     if n <= window:  # every key is a neighbour: plain causal attention
-        return _causal_attention_lse(q_n, k_n, v, scaling)[0].float()
+        return _causal_attention_lse(q_n, k_n, v, scaling, kernel)[0].float()
     band = _band_block_mask(n, window, q_n.device, compiled)
     near, near_lse = _flex_with_lse(_flex_function(compiled), q_n, k_n, v, band, scaling)
     far, far_lse = _causal_attention_lse(q_g[:, :, window:], k_g[:, :, : n - window], v[:, :, : n - window],
-                                         scaling)
+                                         scaling, kernel)
     out = near.float()  # queries i < W: their neighbours are all their keys
     out[:, :, window:] = merge_attention_partials(near[:, :, window:], near_lse[..., window:], far, far_lse)
     return out

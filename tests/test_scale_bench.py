@@ -49,3 +49,21 @@ def test_finetune_scale_check_and_decode_smoke(tmp_path):
     assert got == {("none", b, None) for b in ("auto", "flash")} | {
         ("selfextend", b, m) for b in ("auto", "flash") for m in ("compiled", "eager")}
     assert all(r["ratio_vs_plain"] > 0 for r in rows if r["method"] == "selfextend")
+
+
+def test_prefill_smoke_reports_ratio_check_and_profile(tmp_path):
+    """The prefill part on the CPU: vs_plain on every row, SelfExtend's attention check per causal kernel, and the
+    --profile-prefill table next to --out."""
+    out = tmp_path / "prefill.jsonl"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/scale_8b.py"), "--smoke", "--parts", "prefill",
+                    "--methods", "selfextend", "--prefill-lengths", "128,256", "--profile-prefill", "256",
+                    "--out", str(out)], check=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                   timeout=300, capture_output=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    runs = {(r["method"], r["length"]): r for r in rows if r.get("part") == "prefill" and "method" in r}
+    assert set(runs) == {(m, T) for m in ("plain", "selfextend") for T in (128, 256)}
+    assert all(r["vs_plain"] > 0 for r in runs.values())
+    checks = [r for r in rows if r.get("check") == "selfextend_attention"]
+    assert [r["kernel"] for r in checks] == ["cudnn", "flash"]
+    assert all(r["max_abs_err"] < 0.05 for r in checks)
+    assert "profile selfextend prefill at 256" in out.with_suffix(".selfextend_profile.txt").read_text()
