@@ -322,6 +322,8 @@ def selfextend_attention_check(cfg, extension, T):
       path that the tests hold to a float64 reference); ``sdpa_err`` is plain causal SDPA's bf16-vs-CPU error,
       the scale of bf16 rounding. An error far above it means the kernel's lse is not what the merge expects.
     - time: ms per call at ``T`` against plain causal SDPA (``enable_gqa``, PyTorch's default kernel order).
+    - ``g1_err``: at ``T``, SelfExtend with ``group_size`` 1 (grouped positions = true positions) IS plain causal
+      attention; its distance from plain SDPA checks the slicing, the band and the lse merge at the real length.
     """
     from types import SimpleNamespace
 
@@ -340,9 +342,12 @@ def selfextend_attention_check(cfg, extension, T):
         return [torch.randn(1, h, length, d, device=DEVICE, generator=g, dtype=torch.bfloat16)
                 for h in (h_q, h_kv, h_kv)]
 
-    def selfextend_call(q, k, v):
+    def selfextend_call(q, k, v, module=module):
         pos = torch.arange(q.shape[2], device=q.device)[None]
         return selfextend.selfextend_attention(module, q, k, v, None, position_ids=pos)[0]
+
+    ungrouped = copy.deepcopy(module)
+    ungrouped.config.longctx_extension = {**extension.attention, "group_size": 1}
 
     def plain_call(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
@@ -364,14 +369,16 @@ def selfextend_attention_check(cfg, extension, T):
 
     big = qkv(T, seed=1)
     plain_ms = ms_per_call(plain_call, *big)
+    plain_big = plain_call(*big).transpose(1, 2)  # (b, T, h, d) like the attention function's output
     default = selfextend.PREFILL_KERNEL
     for kernel in selfextend.PREFILL_KERNELS:
         selfextend.PREFILL_KERNEL = kernel
         err = (selfextend_call(q, k, v).float().cpu() - ref).abs().max().item()
         ms = ms_per_call(selfextend_call, *big)
+        g1_err = (selfextend_call(*big, module=ungrouped).float() - plain_big.float()).abs().max().item()
         emit(part="prefill", check="selfextend_attention", kernel=kernel, err_length=n, max_abs_err=round(err, 5),
              sdpa_err=round(sdpa_err, 5), ref_max_abs=round(ref.abs().max().item(), 4), length=T,
-             plain_sdpa_ms=plain_ms, selfextend_ms=ms, vs_plain=round(plain_ms / ms, 3))
+             g1_err=round(g1_err, 5), plain_sdpa_ms=plain_ms, selfextend_ms=ms, vs_plain=round(plain_ms / ms, 3))
     selfextend.PREFILL_KERNEL = default
     free()
 
