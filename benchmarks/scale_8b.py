@@ -16,9 +16,9 @@ Parts (``--parts``, comma-separated), each printing one JSON line per measuremen
 - ``prefill``: one forward (last-token logits, no cache) at ``--prefill-lengths`` for the plain model (baseline:
   the published config, SDPA) and for methods none / yarn / entropy_abf / selfextend built by
   ``longctx.methods.build_extension`` for ``--target`` tokens and applied with ``longctx.modeling.extend_model``.
-  Rows give ``vs_plain`` (tokens/s over the plain model's). Before SelfExtend's rows, a ``check`` row per causal
-  kernel of its prefill path: error against the CPU path, and ms per attention call against plain SDPA at the
-  longest length. ``--profile-prefill T``: the top device ops of one SelfExtend forward at ``T`` (also written
+  Rows give ``ratio_vs_plain`` (tokens/s over the plain model's). Before SelfExtend's rows, a ``check`` row per
+  causal kernel of its prefill path: error against the CPU path, and ms per attention call against plain SDPA at
+  the longest length. ``--profile-prefill T``: the top device ops of one SelfExtend forward at ``T`` (also written
   next to ``--out`` as ``*.selfextend_profile.txt``).
 - ``decode``: greedy decode tokens/s after a ``--decode-prefill`` token prefill (KV cache), plain vs SelfExtend
   (its decode step compiled and eager, ``--decode-modes``; ``ratio_vs_plain`` in the JSON), compilation excluded.
@@ -275,7 +275,7 @@ def part_prefill(args, cfg, n):
 
     model = shapes.random_model(copy.deepcopy(cfg), DEVICE, torch.bfloat16, attn_implementation="sdpa")
     warm = ids_of(cfg, 4096)
-    plain = {}  # tokens/s of the plain model per length: the other rows' vs_plain
+    plain = {}  # tokens/s of the plain model per length: the other rows' ratio_vs_plain
     for method in ["plain"] + args.methods:
         if method != "plain":
             extension = _extension(method, cfg, args.target)
@@ -292,7 +292,7 @@ def part_prefill(args, cfg, n):
                 if method == "plain":
                     plain[T] = T / s
                 emit(part="prefill", method=method, length=T, s=round(s, 3), tok_s=round(T / s),
-                     vs_plain=round(T / s / plain[T], 3) if T in plain else None,
+                     ratio_vs_plain=round(T / s / plain[T], 3) if T in plain else None,
                      mfu=round(f / s / PEAK, 3), peak_gib=gib(peak))
             except Exception as e:  # noqa: BLE001
                 if not is_oom(e):
@@ -378,7 +378,8 @@ def selfextend_attention_check(cfg, extension, T):
         g1_err = (selfextend_call(*big, module=ungrouped).float() - plain_big.float()).abs().max().item()
         emit(part="prefill", check="selfextend_attention", kernel=kernel, err_length=n, max_abs_err=round(err, 5),
              sdpa_err=round(sdpa_err, 5), ref_max_abs=round(ref.abs().max().item(), 4), length=T,
-             g1_err=round(g1_err, 5), plain_sdpa_ms=plain_ms, selfextend_ms=ms, vs_plain=round(plain_ms / ms, 3))
+             g1_err=round(g1_err, 5), plain_sdpa_ms=plain_ms, selfextend_ms=ms,
+             ratio_vs_plain=round(plain_ms / ms, 3))
     selfextend.PREFILL_KERNEL = default
     free()
 

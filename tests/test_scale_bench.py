@@ -52,8 +52,8 @@ def test_finetune_scale_check_and_decode_smoke(tmp_path):
 
 
 def test_prefill_smoke_reports_ratio_check_and_profile(tmp_path):
-    """The prefill part on the CPU: vs_plain on every row, SelfExtend's attention check per causal kernel, and the
-    --profile-prefill table next to --out."""
+    """The prefill part on the CPU: ratio_vs_plain on every row, SelfExtend's attention check per causal kernel, and
+    the --profile-prefill table next to --out."""
     out = tmp_path / "prefill.jsonl"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/scale_8b.py"), "--smoke", "--parts", "prefill",
                     "--methods", "selfextend", "--prefill-lengths", "128,256", "--profile-prefill", "256",
@@ -62,7 +62,7 @@ def test_prefill_smoke_reports_ratio_check_and_profile(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     runs = {(r["method"], r["length"]): r for r in rows if r.get("part") == "prefill" and "method" in r}
     assert set(runs) == {(m, T) for m in ("plain", "selfextend") for T in (128, 256)}
-    assert all(r["vs_plain"] > 0 for r in runs.values())
+    assert all(r["ratio_vs_plain"] > 0 for r in runs.values())
     checks = [r for r in rows if r.get("check") == "selfextend_attention"]
     assert [r["kernel"] for r in checks] == ["cudnn", "flash"]
     assert all(r["max_abs_err"] < 0.05 and r["g1_err"] < 0.05 for r in checks)
