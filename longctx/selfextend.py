@@ -76,6 +76,7 @@ DEFAULT_QUERY_BLOCK = 1024
 FLEX_MIN_QUERIES = 128  # one flex_attention block
 PREFILL_KERNELS = ("cudnn", "flash")  # the causal kernel of the grouped part in _selfextend_prefill
 PREFILL_KERNEL = "cudnn"
+PREFILL_DEVICES = ("cuda",)  # where _selfextend_prefill runs (a test adds "cpu": float32 twin, eager flex)
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
@@ -223,7 +224,7 @@ def merge_attention_partials(
 
     computed relative to ``max(lse1, lse2)`` so nothing overflows. A part with no keys has ``lse = -inf`` and
     weight 0; a row with no keys at all gives 0 (what SDPA returns for a fully masked row).
-    Shapes: ``out_i`` (..., n, d), ``lse_i`` (..., n). Result in float32.
+    Shapes: ``out_i`` (..., n, d), ``lse_i`` (..., n). Result in float32 (float64 for float64 parts).
     """
     lse1, lse2 = lse1.float(), lse2.float()
     top = torch.maximum(lse1, lse2)
@@ -231,7 +232,8 @@ def merge_attention_partials(
     w1 = torch.exp(lse1 - top)
     w2 = torch.exp(lse2 - top)
     total = (w1 + w2).clamp(min=torch.finfo(torch.float32).tiny)
-    return (out1.float() * (w1 / total)[..., None]) + (out2.float() * (w2 / total)[..., None])
+    # bf16 parts times float32 weights compute in float32 (type promotion) without a float32 copy of each part
+    return out1 * (w1 / total)[..., None] + out2 * (w2 / total)[..., None]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -597,7 +599,8 @@ def _band_block_mask(n: int, window: int, device: torch.device, compiled: bool):
     return create_block_mask(band, None, None, n, n, device=device, _compile=compiled)
 
 
-def _selfextend_prefill(q_n, k_n, q_g, k_g, v, scaling, window, compiled=True, kernel=None):
+def _selfextend_prefill(query, key, value, q_pos, group_size, window, scale_base, inv_freq, scaling, compiled=True,
+                        kernel=None):
     """SelfExtend for an unmasked prefill with contiguous positions (see :func:`_prefill_kernels_fit`).
 
     With key index = position, key ``j`` is grouped for query ``i`` iff ``j <= i - W`` (paper: distance >= W).
@@ -608,18 +611,25 @@ def _selfextend_prefill(q_n, k_n, q_g, k_g, v, scaling, window, compiled=True, k
     flex_attention with a block mask that lists only the band's blocks, built once per length. The two parts
     are merged exactly by :func:`merge_attention_partials` (one softmax over all keys, as in the paper).
 
-    q_* (b, h_q, T, d), k_*/v (b, h_kv, T, d) in the model dtype (CUDA) or float32 (CPU tests with
-    ``compiled=False``). Returns (b, h_q, T, d) float32.
+    Everything stays in the model dtype, as transformers' own rotation and the decode step: only the grouped
+    slices are rotated again (``q[W:]`` and ``k[:T - W]``), the merge is float32 per element but writes back into
+    the neighbour output. query (b, h_q, T, d) and key (b, h_kv, T, d) rotated at their true positions ``q_pos``
+    (b, T), value (b, h_kv, T, d); the CPU tests run it in float32 with ``compiled=False`` (flex's eager
+    reference). Returns (b, h_q, T, d) in the query's dtype.
     """
-    n = q_n.shape[2]
+    n, dtype = query.shape[2], query.dtype
+    q_n = query if scale_base <= 0 else (query.float() * _log_scale(q_pos, scale_base)).to(dtype)
     if n <= window:  # every key is a neighbour: plain causal attention
-        return _causal_attention_lse(q_n, k_n, v, scaling, kernel)[0].float()
-    band = _band_block_mask(n, window, q_n.device, compiled)
-    near, near_lse = _flex_with_lse(_flex_function(compiled), q_n, k_n, v, band, scaling)
-    far, far_lse = _causal_attention_lse(q_g[:, :, window:], k_g[:, :, : n - window], v[:, :, : n - window],
-                                         scaling, kernel)
-    out = near.float()  # queries i < W: their neighbours are all their keys
-    out[:, :, window:] = merge_attention_partials(near[:, :, window:], near_lse[..., window:], far, far_lse)
+        return _causal_attention_lse(q_n, key, value, scaling, kernel)[0].to(dtype)
+    # Paper eq.: grouped query position m // G + W - W // G, grouped key position n // G.
+    q_true, k_true = q_pos[:, window:].clamp(min=0), q_pos[:, : n - window].clamp(min=0)
+    q_g = _rotate(q_n[:, :, window:], q_true // group_size + window - window // group_size - q_true, inv_freq, dtype)
+    k_g = _rotate(key[:, :, : n - window], k_true // group_size - k_true, inv_freq, dtype)
+    far, far_lse = _causal_attention_lse(q_g, k_g, value[:, :, : n - window], scaling, kernel)
+    band = _band_block_mask(n, window, query.device, compiled)
+    out, near_lse = _flex_with_lse(_flex_function(compiled), q_n, key, value, band, scaling)
+    # queries i < W keep their neighbour output (all their keys); the others get the merge, in place
+    out[:, :, window:] = merge_attention_partials(out[:, :, window:], near_lse[..., window:], far, far_lse)
     return out
 
 
@@ -676,6 +686,11 @@ def selfextend_attention(
         return out.to(query.dtype).transpose(1, 2).contiguous(), None
     q_pos, k_pos = _positions(position_ids, batch, q_len, kv_len, device)
     inv_freq = _inv_freq(rotary_dim, theta, device)
+    if query.device.type in PREFILL_DEVICES and _prefill_kernels_fit(query, key, attention_mask, position_ids,
+                                                                      dropout, softcap):
+        out = _selfextend_prefill(query, key, value, q_pos, group_size, window, scale_base, inv_freq, scaling,
+                                  compiled=query.is_cuda)
+        return out.transpose(1, 2).contiguous(), None
     # Paper eq.: grouped query position m // G + W - W // G, grouped key position n // G (integer division).
     # Padding slots may carry negative inferred positions; clamp them so the floor stays meaningful (masked anyway).
     q_true, k_true = q_pos.clamp(min=0), k_pos.clamp(min=0)
@@ -689,12 +704,9 @@ def selfextend_attention(
     k_g = _rotate(key, k_group_delta, inv_freq)  # float32
 
     is_bool_mask = attention_mask is None or attention_mask.dtype == torch.bool
-    if query.is_cuda and _prefill_kernels_fit(query, key, attention_mask, position_ids, dropout, softcap):
-        dtype = query.dtype
-        out = _selfextend_prefill(q_n.to(dtype), key, q_g.to(dtype), k_g.to(dtype), value, scaling, window)
     # flex_attention for long query chunks on CUDA; a few queries (e.g. speculative or chunked decoding) are cheap
     # on the general path and would otherwise trigger a flex recompilation per cache length.
-    elif query.is_cuda and q_len >= FLEX_MIN_QUERIES and dropout == 0.0 and is_bool_mask:
+    if query.is_cuda and q_len >= FLEX_MIN_QUERIES and dropout == 0.0 and is_bool_mask:
         dtype = query.dtype
         out = _selfextend_flex(
             q_n.to(dtype), key, q_g.to(dtype), k_g.to(dtype), value, q_pos, k_pos, attention_mask, scaling, window,

@@ -215,36 +215,45 @@ def test_prefill_path_matches_reference(G, W, n, h_q, h_kv, scale_base):
     q0, k0, v = random_case(b, n, h_q=h_q, h_kv=h_kv, seed=n + W)
     pos = torch.arange(n).expand(b, n)
     module = fake_module(G, W, h_q=h_q, h_kv=h_kv, scale_base=scale_base)
-    q_s = q0.double()
-    if scale_base > 0:
-        q_s = q_s * (torch.log(pos.double() + 1) / math.log(scale_base)).clamp(min=1)[:, None, :, None]
-    q_n, k_n = rope(q_s, pos).float(), rope(k0.double(), pos).float()
-    q_g, k_g = rope(q_s, pos // G + W - W // G).float(), rope(k0.double(), pos // G).float()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = _selfextend_prefill(q_n, k_n, q_g, k_g, v, 16**-0.5, W, compiled=False).transpose(1, 2)
+    q, k = rope(q0.double(), pos).float(), rope(k0.double(), pos).float()
+    out = run_prefill(q, k, v, pos, G, W, scale_base).transpose(1, 2)
     causal = torch.ones(n, n, dtype=torch.bool).tril().expand(b, n, n)
     ref = reference(q0, k0, v, pos, pos, G, W, causal, scale_base)
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(out, run_selfextend(module, q0, k0, v, pos, pos), atol=2e-5, rtol=2e-5)
 
 
+def run_prefill(q, k, v, pos, G, W, scale_base=0.0, rotary_dim=16, scaling=16**-0.5):
+    inv_freq = selfextend._inv_freq(rotary_dim, THETA, q.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _selfextend_prefill(q, k, v, pos, G, W, scale_base, inv_freq, scaling, compiled=False)
+
+
+def test_prefill_path_in_bf16_stays_near_reference():
+    """In bf16 (the CUDA case) the grouped rotations run in bf16, as transformers' own: bf16-sized error only."""
+    G, W, n, b = 4, 16, 90, 1
+    q0, k0, v = random_case(b, n, seed=45)
+    pos = torch.arange(n).expand(b, n)
+    q, k = rope(q0.double(), pos).bfloat16(), rope(k0.double(), pos).bfloat16()
+    out = run_prefill(q, k, v.bfloat16(), pos, G, W)
+    assert out.dtype == torch.bfloat16
+    causal = torch.ones(n, n, dtype=torch.bool).tril().expand(b, n, n)
+    ref = reference(q0, k0, v, pos, pos, G, W, causal)
+    torch.testing.assert_close(out.transpose(1, 2).double(), ref, atol=3e-2, rtol=3e-2)
+
+
 @pytest.mark.parametrize("partial", [1.0, 0.5])
 def test_prefill_path_equals_blockwise_with_partial_rotary(partial):
-    """Partial rotary: given the grouped rotations selfextend_attention makes, the prefill path gives the
-    blockwise path's output (positions offset by 7: only the index distance decides neighbour vs grouped)."""
+    """Partial rotary and positions offset by 7 (only the index distance decides neighbour vs grouped): the prefill
+    path gives the blockwise path's output."""
     G, W, n, b = 3, 10, 45, 2
     q, k, v = random_case(b, n, seed=43)  # taken as already rotated at their true positions
     pos = (7 + torch.arange(n)).expand(b, n)
     module = fake_module(G, W)
     module.config.rope_parameters = {"rope_theta": THETA, "partial_rotary_factor": partial}
     want, _ = selfextend_attention(module, q, k, v, None, scaling=0.25, position_ids=pos)
-    inv_freq = selfextend._inv_freq(int(16 * partial), THETA, q.device)
-    q_g = selfextend._rotate(q, pos // G + W - W // G - pos, inv_freq)
-    k_g = selfextend._rotate(k, pos // G - pos, inv_freq)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        got = _selfextend_prefill(q, k, q_g, k_g, v, 0.25, W, compiled=False)
+    got = run_prefill(q, k, v, pos, G, W, rotary_dim=int(16 * partial), scaling=0.25)
     torch.testing.assert_close(got.transpose(1, 2), want, atol=1e-5, rtol=1e-5)
 
 
@@ -380,6 +389,32 @@ def tiny_model(G=2, W=4, impl=ATTN_IMPLEMENTATION):
     model.config.longctx_extension = {"group_size": G, "window": W}
     model.set_attn_implementation(impl)
     return model
+
+
+def test_tiny_model_prefill_takes_the_prefill_path_and_matches(monkeypatch):
+    """Through transformers (no mask, contiguous position_ids, no grad): every layer takes the prefill path (run on
+    the CPU's float32 twin and eager flex here) and the first layer's attention output matches the general path's.
+    Its q/k weights are scaled up so attention is peaked: G 3 -> 4 or W 16 -> 17 then moves the output by ~1e-2."""
+    model = tiny_model(G=3, W=16).to(torch.bfloat16)
+    attn = model.model.layers[0].self_attn
+    with torch.no_grad():
+        attn.q_proj.weight.mul_(6)
+        attn.k_proj.weight.mul_(6)
+    outputs = []
+    attn.register_forward_hook(lambda module, args, out: outputs.append(out[0].float()))
+    ids = torch.randint(0, model.config.vocab_size, (2, 150), generator=torch.Generator().manual_seed(46))
+    calls = []
+    prefill = selfextend._selfextend_prefill
+    with torch.no_grad():
+        model(ids)
+        monkeypatch.setattr(selfextend, "PREFILL_DEVICES", ("cuda", "cpu"))
+        monkeypatch.setattr(selfextend, "_selfextend_prefill", lambda *a, **kw: calls.append(1) or prefill(*a, **kw))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model(ids)
+    assert len(calls) == model.config.num_hidden_layers
+    want, got = outputs
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=0)
 
 
 def test_set_attn_implementation_and_register_idempotent():
