@@ -571,7 +571,7 @@ def _causal_attention_lse(q, k, v, scaling, kernel: str | None = None):
         kernel = kernel or PREFILL_KERNEL
         if kernel not in PREFILL_KERNELS:
             raise ValueError(f"SelfExtend prefill kernel {kernel!r}; allowed: {', '.join(PREFILL_KERNELS)}")
-        # cuDNN through the aten op is known to misread non-contiguous views (diffusers' note); slices are views.
+        # cuDNN through the aten op is reported to misread non-contiguous inputs; our slices are views.
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         if kernel == "cudnn":
             try:
