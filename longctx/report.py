@@ -15,8 +15,9 @@ A set of experiment folders (``params.yaml`` + ``metrics/summary.json`` each) ca
 (:func:`summaries_as_show`). Summary keys are read with ``MetricKey.parse``, so every task the
 evaluation wrote is reported: one table per task (accuracy cells with their Wilson interval
 ``.lo``/``.hi``, the effective length from ``aggregate.py``), accuracy by needle depth, perplexity by
-position, and the data-efficiency view: effective length and perplexity at 2 × target against the
-fine-tuning budget read from each row's params (``train.steps × train.batch_size × train.grad_accum``).
+position, and the data-efficiency view: effective length and perplexity at 2 × target (or the longest
+length every run shares) against the fine-tuning budget read from each row's params
+(``train.steps × train.batch_size × train.grad_accum``).
 
 Layers, each small: :func:`dvc_exp_show` (subprocess), :func:`collect_rows` (pure, parsed JSON to
 rows), :func:`render_markdown` (pure), ``plot_*`` (matplotlib), :func:`write_report` (glue; files
@@ -369,10 +370,13 @@ def task_section(rows: list[dict], task: str, cols, best, ref, param_keys) -> li
     accuracy = task not in LOWER_IS_BETTER
     has_eff = accuracy and any(get(r, task, model=m, detail="effective_length") is not None
                                for r in rows for m in ("base", "extended"))
-    header = ["experiment", "rev", *param_keys, *map(str, lengths)] + ["effective length"] * has_eff
+    has_budget = any(r["budget"] is not None for r in rows)
+    header = (["experiment", "rev", *param_keys] + ["budget"] * has_budget + [*map(str, lengths)]
+              + ["effective length"] * has_eff)
     body = []
     for r in rows:
         cells = [_cell(r["name"]), r["rev"], *(_cell(fmt_param(r["params"].get(k))) for k in param_keys)]
+        cells += [fmt_param(r["budget"])] * has_budget
         for n in lengths:
             v = get(r, task, n)
             text = fmt_value(task, v)
@@ -381,7 +385,7 @@ def task_section(rows: list[dict], task: str, cols, best, ref, param_keys) -> li
         if has_eff:
             cells.append(fmt_length(get(r, task, model="extended", detail="effective_length"), lengths[-1]))
         body.append(cells)
-    base = ["*base model*", "", *([""] * len(param_keys))]
+    base = ["*base model*", "", *([""] * (len(param_keys) + has_budget))]
     for n in lengths:
         values = ref.get((task, n))
         base.append("–".join(fmt_value(task, v) for v in (values[0], values[-1])) if values and len(values) > 1
@@ -401,6 +405,9 @@ def task_section(rows: list[dict], task: str, cols, best, ref, param_keys) -> li
             lines += [f"Effective length: the longest length whose score, and every shorter length's, is ≥ "
                       f"{threshold:.0%} = 0.9 × the base model's mean score at lengths ≤ its native window "
                       f"({in_window:.0%}); \"≥\" = passed at every evaluated length.", ""]
+    if has_budget:
+        lines += ["Budget = fine-tuning sequences the run saw: `train.steps × train.batch_size × train.grad_accum` "
+                  "with its recipe applied (0 = training-free).", ""]
     lines += _table(header, body, 2 + len(param_keys))
     if accuracy:
         notes = []
@@ -535,19 +542,48 @@ def efficiency_task(rows: list[dict]) -> str | None:
     return "passkey" if "passkey" in tasks else (tasks[0] if tasks else None)
 
 
+def efficiency_ppl_length(rows: list[dict]) -> int | None:
+    """The length whose perplexity the data-efficiency view reads: 2 x target_length when the rows share one
+    target and were all evaluated there, else the longest length they all share (e.g. the target itself)."""
+    targets = {int(r["target_length"]) for r in rows if r["target_length"]}
+    shared = None
+    for r in rows:
+        if r["budget"] is None or not r["target_length"]:
+            continue
+        lengths = {k.length for k in r["metrics"] if k.task == "ppl" and k.is_cell and k.model == "extended"}
+        shared = lengths if shared is None else shared & lengths
+    if not shared:
+        return None
+    if len(targets) == 1 and 2 * next(iter(targets)) in shared:
+        return 2 * next(iter(targets))
+    return max(shared)
+
+
 def efficiency_points(rows: list[dict]) -> dict[str, list[tuple[int, float | None, float | None]]]:
-    """{method: [(budget, effective length, perplexity at 2 x target), ...] sorted by budget}."""
+    """{method: [(budget, effective length, perplexity at ``efficiency_ppl_length``), ...] sorted by budget}."""
     task = efficiency_task(rows)
+    ppl_length = efficiency_ppl_length(rows)
     out: dict[str, list] = {}
     for r in rows:
         if r["budget"] is None:
             continue
         eff = get(r, task, detail="effective_length") if task else None
-        ppl = get(r, "ppl", 2 * int(r["target_length"])) if r["target_length"] else None
+        ppl = get(r, "ppl", ppl_length) if ppl_length else None
         if eff is None and ppl is None:
             continue
         out.setdefault(fmt_param(r["params"].get("method")), []).append((r["budget"], eff, ppl))
     return {m: sorted(pts, key=lambda p: p[0]) for m, pts in sorted(out.items())}
+
+
+def efficiency_ppl_label(rows: list[dict]) -> str:
+    """How the data-efficiency view names its perplexity length, e.g. "2 × target (65536)"."""
+    length = efficiency_ppl_length(rows)
+    targets = {int(r["target_length"]) for r in rows if r["target_length"]}
+    if length is None:
+        return "2 × target"
+    if targets == {length // 2} and length % 2 == 0:
+        return f"2 × target ({length})"
+    return f"{length} tokens"
 
 
 def efficiency_section(rows: list[dict], plot: str | None) -> list[str]:
@@ -555,12 +591,14 @@ def efficiency_section(rows: list[dict], plot: str | None) -> list[str]:
     if not points:
         return []
     task = efficiency_task(rows)
+    where = efficiency_ppl_label(rows)
     body = [[m, str(b), fmt_param(None if e is None else int(e)), fmt_value("ppl", p)]
             for m, pts in points.items() for b, e, p in pts]
     lines = ["## How little data: effective length and perplexity by fine-tuning budget", "",
              "Budget = fine-tuning sequences seen = `train.steps × train.batch_size × train.grad_accum` "
-             f"(0 = training-free). Effective length of `{task}`; perplexity at 2 × target_length.", "",
-             *_table(["method", "budget (sequences)", f"{task} effective length", "ppl at 2× target"], body, 1)]
+             f"(0 = training-free). Effective length of `{task}`; perplexity at {where} (2 × target_length when "
+             "evaluated there, else the longest length every run shares).", "",
+             *_table(["method", "budget (sequences)", f"{task} effective length", f"ppl at {where}"], body, 1)]
     if plot:
         lines += [f"![data efficiency]({plot})", ""]
     return lines
@@ -709,7 +747,8 @@ def plot_ppl_by_position(rows: list[dict], path: str | Path) -> bool:
 
 def plot_data_efficiency(rows: list[dict], path: str | Path) -> bool:
     """Two panels vs fine-tuning budget (symlog x, 0 = training-free): effective length, and perplexity at
-    2 x target. One line per method. False if no row has an outcome."""
+    2 x target (or the longest shared length, :func:`efficiency_ppl_length`). One line per method. False if
+    no row has an outcome."""
     points = efficiency_points(rows)
     if not points:
         return False
@@ -732,8 +771,8 @@ def plot_data_efficiency(rows: list[dict], path: str | Path) -> bool:
     ax_len.set_yticks(reached, [str(n) for n in reached])  # linear: 0 (never reached) stays on the axis
     ax_len.set_ylabel(f"effective length, {task} (tokens)" if task else "effective length")
     ax_len.set_title("how far it reaches")
-    ax_ppl.set_ylabel("perplexity at 2 × target length")
-    ax_ppl.set_title("perplexity past the target")
+    ax_ppl.set_ylabel(f"perplexity at {efficiency_ppl_label(rows)}")
+    ax_ppl.set_title("perplexity at the longest length")
     if any(p is not None for pts in points.values() for _, _, p in pts):
         _log_ppl(ax_ppl)
     legend_ax = ax_ppl if ax_ppl.get_legend_handles_labels()[0] else ax_len

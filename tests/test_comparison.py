@@ -263,6 +263,17 @@ def test_report_data_efficiency_from_summaries(tmp_path):
     assert "## Perplexity by position (16384 tokens)" in md and "### passkey by needle depth" in md
 
 
+
+def test_report_budget_column_and_ppl_at_the_longest_shared_length(tmp_path):
+    """Without 2 x target evaluated (target 16384, lengths to 16384) the data-efficiency view reads the
+    perplexity at the longest length every run shares, and says so; each table shows the run's budget."""
+    runs = [_experiment(tmp_path / "runs", "yarn", s, [1.0, 1.0, 0.9, 0.5], target=16384) for s in (0, 10)]
+    md = write_report(tmp_path / "report", show=summaries_as_show(runs), source="test folders").read_text()
+    assert "| budget | 2048 |" in md and "| yarn-10 |  | yarn | 16384 | 10 | — | 60 |" in md
+    section = md[md.index("## How little data"):]
+    assert "ppl at 16384 tokens" in section and "2 × target (" not in section
+    assert f"| yarn | 60 | 8192 | {10 + 16 / 11:.2f} |" in section
+
 def test_report_covers_every_task(tmp_path):
     """Tasks other than passkey/ppl get their own table; LongBench (no length) its own section."""
     summary = {"needle.8192.extended": 0.5, "needle.8192.lo.extended": 0.3, "needle.8192.hi.extended": 0.7,

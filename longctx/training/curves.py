@@ -26,6 +26,18 @@ def open_live(live_dir: Path, losses: list[float], lrs: list[float]):
     return live
 
 
+def write_empty_live(live_dir: Path) -> None:
+    """The dvclive outputs dvc.yaml declares for the finetune stage (``metrics.json``, ``plots/metrics``),
+    empty: a run without steps (training-free) or without dvclive still leaves every declared output,
+    so DVC does not fail the stage with "output does not exist"."""
+    from longctx.io import atomic_write_json
+
+    live_dir = Path(live_dir)
+    (live_dir / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
+    if not (live_dir / "metrics.json").exists():
+        atomic_write_json(live_dir / "metrics.json", {})
+
+
 def log_step(live, loss: float, lr: float, tokens_per_s: float, device: torch.device) -> None:
     """One row: loss, learning rate, tokens/s and, on CUDA, the step's peak memory."""
     live.log_metric("loss", round(loss, 6))

@@ -22,7 +22,7 @@ from longctx.modeling import EXTENSION_FILE, FINETUNE_FILE, read_extension
 from longctx.params import TrainParams
 from longctx.training.batching import batch_inputs, read_sft
 from longctx.training.checkpoint import clear_checkpoints, resume, save_checkpoint, train_fingerprint
-from longctx.training.curves import log_step, open_live
+from longctx.training.curves import log_step, open_live, write_empty_live
 from longctx.training.finite import check_finite, global_norm, nonfinite
 from longctx.training.sampler import SampleOrder, micro_batch_slots
 from longctx.training.signals import StopSignals, stop_exception
@@ -56,6 +56,8 @@ def finetune(extended_dir: Path, sft_file: Path, out_dir: Path, tp: TrainParams,
     if tp.steps == 0:
         with AtomicDir(out_dir) as tmp:
             atomic_write_json(tmp / FINETUNE_FILE, {"mode": "none", "steps": 0, "method": ext.method})
+        if live_dir is not None:
+            write_empty_live(live_dir)
         return {"steps": 0}
     acc = _accelerator(tp, dtype)
     set_seed(tp.seed)
@@ -136,6 +138,8 @@ def finetune(extended_dir: Path, sft_file: Path, out_dir: Path, tp: TrainParams,
     acc.wait_for_everyone()
     if live is not None:
         live.end()
+    elif live_dir is not None and acc.is_main_process:  # dvclive missing: the declared outputs, empty
+        write_empty_live(live_dir)
     if acc.is_main_process and done > start:
         print(f"finetune: {done - start} steps{f' (resumed at {start})' if start else ''}, {tokens} tokens in "
               f"total, {seconds:.1f} s this run")
