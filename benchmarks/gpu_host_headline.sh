@@ -146,7 +146,9 @@ fi
 if [ "$DRY" != 1 ] && ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   git init -q && git add -A && git commit -qm "GPU host: working tree"
 fi
-[ "$DRY" = 1 ] && cp params.yaml /tmp/params.headline.yaml   # dry run: params.yaml restored below
+if [ "$DRY" = 1 ]; then  # a dry run leaves params.yaml as it found it, whatever happens
+  BACKUP=$(mktemp) && cp params.yaml "$BACKUP" && trap 'mv "$BACKUP" params.yaml' EXIT
+fi
 python3 - "$TINY" "${HEADLINE_SAMPLES:-10}" <<'EOF'
 import sys
 import yaml
@@ -199,7 +201,7 @@ for spec in sys.argv[1:]:
           f"{t.get('grad_accum', 1)}, seq_len {t['seq_len']}, {t['mode']}")
 EOF
 say "${#EXPS[@]} experiments, params valid"
-if [ "$DRY" = 1 ]; then mv /tmp/params.headline.yaml params.yaml; exit 0; fi
+[ "$DRY" = 1 ] && exit 0
 git commit -qam "headline evaluation params" || true
 
 # --------------------------------------------------------------------------- base evaluation, once
