@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The headline comparison (issue 13) in ONE GPU-host call, through the real DVC flow: one commit of the
-# evaluation settings, the base model evaluated once (`dvc repro evaluate_base`, so every experiment
-# restores it from the run cache), every method queued with its paper recipe (`dvc exp run --queue`)
+# evaluation settings, the base model evaluated once (`dvc repro evaluate_base` + committed dvc.lock: every
+# experiment finds the stage unchanged and skips it), every method queued with its paper recipe (`dvc exp run --queue`)
 # in priority order, the queue run in parallel under its own deadline, then `dvc exp show --json` and
 # tools/report.py. Whatever finished is saved under $OUT even when the time runs out. docs/headline.md.
 #
@@ -206,7 +206,7 @@ git commit -qam "headline evaluation params" || true
 
 # --------------------------------------------------------------------------- base evaluation, once
 # Run in the workspace before the queue, so no parallel experiment evaluates the base model itself:
-# each restores evaluate_base (and base_model, eval_samples) from the run cache.
+# with dvc.lock committed, each finds evaluate_base (and base_model, eval_samples) unchanged and skips it.
 say "dvc repro evaluate_base"
 timeout $((BUDGET_S / 3)) $DVC repro evaluate_base 2>&1 | grep --line-buffered -v "it/s\]\|s/it\]\|Loading weights\|sample/s\]"
 # The tree's committed summary belongs to other params (the CPU defaults): out of this baseline commit, so
