@@ -256,7 +256,9 @@ $DVC queue status > "$OUT/queue.log" 2>&1
 for name in $($DVC queue status 2>/dev/null | awk '$NF == "Failed" {print $1}'); do
   { echo "=== $name"; $DVC queue logs "$name" 2>&1 | tail -30; } >> "$OUT/queue.log"
 done
-$DVC exp show --json > "$OUT/exp_headline.json"
+# -A: every commit's experiments. A second call on the same warm host commits its settings again, and the first
+# call's queued experiments that finish then belong to the first commit (the eighth run lost nine that way).
+$DVC exp show --json -A > "$OUT/exp_headline.json"
 rm -rf "$OUT/report"
 python3 tools/report.py --exp-json "$OUT/exp_headline.json" --out "$OUT/report"
 cp "$OUT/report/report.md" "$OUT/report/data_efficiency.png" "$OUT/" 2>/dev/null

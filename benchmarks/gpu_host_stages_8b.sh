@@ -36,13 +36,14 @@ p["train"]["lora"].update(r=16, alpha=32, target_modules=["q_proj", "k_proj", "v
 e = p["eval"]
 e["lengths"] = [65536, 131072]
 e["passkey"].update(lengths=None, samples=1, depths=[0.5])
-e["perplexity"]["buckets"] = 4
+e["perplexity"].update(buckets=4, lengths=[65536])  # the perplexity text holds 119,513 tokens (eighth run)
 if smoke:  # the tiny shape on the CPU: short lengths, no CUDA-only kernels
     p["target_length"] = 4096
     p["data"].update(max_tokens=512, min_tokens=32)
     p["train"]["seq_len"] = 512
     p["train"].update(liger=False, fused_ce=False, sdpa_backend="auto", keep_activations=0)
     e["lengths"] = [1024]
+    e["perplexity"]["lengths"] = [1024]
 yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
 
 from longctx.params import load_params  # the run must not die on a bad key halfway

@@ -196,7 +196,7 @@ def _rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor,
 @functools.lru_cache(maxsize=32)
 def _inv_freq(rotary_dim: int, theta: float, device: torch.device, doubled: bool = False) -> torch.Tensor:
     """RoPE inverse frequencies (float32) on ``device``, made once per (dim, theta, device): building them in
-    every layer and step costs kernel launches, and a decoding step is bound by launches. ``doubled``:
+    every layer and step costs kernel launches and host time on every decoding step. ``doubled``:
     ``cat(inv_freq, inv_freq)``, the rotate_half layout of the cos/sin tables."""
     inv_freq = rope.default_inv_freq(rotary_dim, theta, device).to(torch.float32)
     return torch.cat((inv_freq, inv_freq)) if doubled else inv_freq
@@ -343,8 +343,9 @@ def _selfextend_blockwise(
 
 
 DECODE_MODES = ("auto", "compiled", "eager")
-# How the decode step runs: "auto" compiled on CUDA and eager elsewhere, "compiled" always (tests use it on the CPU),
-# "eager" never compiled (the reference; also the way out should torch.compile fail on some host).
+# How the decode step runs: "auto" = eager (measured on an H200, Mistral-7B shape, 32k cache: compiled 17.6 tokens/s
+# after an 8.6 s compile, eager 18.8; docs/RESULTS.md, eighth run), "compiled" = torch.compile (tests use it on the
+# CPU), "eager" = never compiled (the reference).
 DECODE_MODE = os.environ.get("LONGCTX_SELFEXTEND_DECODE", "auto")
 _compiled_decode_step = None
 
@@ -353,19 +354,22 @@ def _selfextend_decode(query, key, value, position_ids, attention_mask, scaling,
                        theta, scale_base=0.0, softcap=None, dropout=0.0, training=False, mode=None):
     """SelfExtend for ONE query per row (a decoding step): :func:`_decode_step`, compiled or eager.
 
-    Decoding is bound by the host launching kernels (~30 small ones per layer and token in eager mode against one
-    SDPA call for plain attention), so on CUDA the step runs through ``torch.compile(dynamic=True)``: Inductor
-    fuses the cos/sin table, the extra rotations, the scaling, masking and float32 softmax into a few kernels
-    around the three matmuls. ``dynamic=True`` keeps the cache length symbolic, so a growing cache does not
-    recompile (one graph while ``kv_len <= W``, one after). ``mode`` (default :data:`DECODE_MODE`, env
-    ``LONGCTX_SELFEXTEND_DECODE``): one of :data:`DECODE_MODES`.
+    ``mode`` (default :data:`DECODE_MODE`, env ``LONGCTX_SELFEXTEND_DECODE``): one of :data:`DECODE_MODES`.
+    ``compiled`` runs the step through ``torch.compile(dynamic=True)`` (Inductor fuses the cos/sin table, the extra
+    rotations, scaling, masking and softmax around the three matmuls; the cache length stays symbolic, so a growing
+    cache does not recompile). It is not the default: on the H200 the step is bound by GPU work, not by launches
+    (profile in docs/RESULTS.md, eighth run: the batched products with 4 query rows against a 32k cache run in
+    cuBLAS's small-N kernels at ~1 ms per layer, and every step re-rotates the whole cache), so fusing the small
+    kernels made it slower (17.6 against 18.8 tokens/s). The fix that profile calls for: keep the grouped keys
+    rotated in a second cache (rotated once, when a key enters it) and run both parts through SDPA's split-KV
+    decode kernels, merged by log-sum-exp.
     """
     global _compiled_decode_step
     mode = DECODE_MODE if mode is None else mode
     if mode not in DECODE_MODES:
         raise ValueError(f"LONGCTX_SELFEXTEND_DECODE: must be one of {DECODE_MODES}, got {mode!r}")
     step = _decode_step
-    if mode == "compiled" or (mode == "auto" and query.is_cuda):
+    if mode == "compiled":
         if _compiled_decode_step is None:
             _compiled_decode_step = torch.compile(_decode_step, dynamic=True)
         step = _compiled_decode_step
@@ -388,8 +392,7 @@ def _decode_step(query, key, value, position_ids, attention_mask, inv_freq, scal
     float32. The query-key products run in the model dtype (as transformers' eager attention), the softmax in
     float32, the probabilities times values in the model dtype.
 
-    Decoding is bound by the host launching kernels, so the step is written in few operations: one cos/sin
-    table serves the query's and the keys' extra rotations (and :func:`_selfextend_decode` compiles it on CUDA).
+    One cos/sin table serves the query's and the keys' extra rotations.
 
     query (b, h_q, 1, d) rotated at its true position, key/value (b, h_kv, kv_len, d) from the cache,
     position_ids None or (b, 1); ``inv_freq`` the doubled RoPE inverse frequencies (``cat(f, f)``, its length the

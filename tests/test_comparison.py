@@ -169,7 +169,7 @@ def test_passkey_distractors(tokenizer):
 
 def test_passkey_depth_with_distractors(tokenizer):
     """The pass key starts at round(depth * haystack) where the haystack counts filler and distractors."""
-    from longctx.evaluation.passkey import ANSWER_PREFIX, INSTRUCTION, QUESTION, key_sentence
+    from longctx.evaluation.passkey import ANSWER_PREFIX, DEPTH_JITTER, INSTRUCTION, QUESTION, key_sentence
     from longctx.evaluation.samples import prompt_frame
 
     enc = lambda t: tokenizer(t, add_special_tokens=False).input_ids  # noqa: E731
@@ -178,7 +178,8 @@ def test_passkey_depth_with_distractors(tokenizer):
         s = generate_passkey(tokenizer, 2048, depth, 1, 3, False, distractors=3)[0]
         start = len(frame.prefix_ids) + len(enc(INSTRUCTION))
         haystack = len(s.input_ids) - start - len(enc(QUESTION)) - len(frame.suffix_ids) - len(enc(key_sentence("pass", s.answer)))
-        assert s.meta["needle_offset"] == start + round(depth * haystack)
+        assert s.meta["needle_offset"] == start + round(s.meta["needle_depth"] * haystack)
+        assert abs(s.meta["needle_depth"] - depth) <= DEPTH_JITTER + 1e-12
         assert all(o < s.meta["needle_offset"] or o > s.meta["needle_offset"] for o in s.meta["distractor_offsets"])
 
 
@@ -384,3 +385,16 @@ def test_report_states_the_claims(tmp_path):
     assert "flat perplexity: **does not reproduce**" in md and "(not flat: limit 1.2 ×)" in md
     assert "Entropy-ABF ≥ ABF > PI in passkey effective length after ~100 fine-tuning sequences: not measured" in md
     assert "CREAM better than PoSE at middle depths (0.25–0.75): not measured" in md
+
+
+def test_passkey_samples_of_a_cell_are_independent_layouts(tokenizer):
+    """Ten samples of one (length, depth) cell put the key at ten places within depth +- DEPTH_JITTER, not at one:
+    with one place per cell the GPU headline scored every cell all-or-nothing (docs/RESULTS.md, eighth run)."""
+    from longctx.evaluation.passkey import DEPTH_JITTER
+
+    for depth in (0.0, 0.5, 1.0):
+        samples = generate_passkey(tokenizer, 2048, depth, 10, 7, False)
+        depths = [s.meta["needle_depth"] for s in samples]
+        assert all(abs(d - depth) <= DEPTH_JITTER + 1e-12 and 0.0 <= d <= 1.0 for d in depths)
+        assert len({s.meta["needle_offset"] for s in samples}) >= 8  # distinct places (rounding may merge a pair)
+        assert max(depths) - min(depths) > DEPTH_JITTER / 4  # spread over the band, not bunched

@@ -22,6 +22,11 @@ FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. Th
 QUESTION = "\nWhat is the pass key?"
 ANSWER_PREFIX = "The pass key is"
 # Distractor keys are named like the pass key but with another word, so only the name tells them apart.
+# Samples of one (length, depth) cell must be independent draws, not one layout with other digits: the filler
+# is periodic, so the needle's place is what varies. Each sample's needle sits at a depth drawn uniformly within
+# +-DEPTH_JITTER of the cell's depth (the band cut to [0, 1]). With one fixed place per cell, the GPU headline run
+# (docs/RESULTS.md, eighth run) scored every cell all-or-nothing: ten "samples" were one observation.
+DEPTH_JITTER = 0.05
 DISTRACTOR_NAMES = ["backup", "spare", "old", "guest", "office", "garage", "locker", "gate",
                     "vault", "cellar", "cabinet", "mailbox", "bike", "attic", "shed", "studio"]
 
@@ -37,7 +42,8 @@ def generate_passkey(tokenizer, length: int, depth: float, num_samples: int, see
     ``distractors`` (difficulty knob, default 0 = the original task): that many other keys, each
     "The <name> key is <5 digits>" with a different name and a value never equal to the pass key,
     at seeded uniform places around it (RULER's distractor needles, arXiv 2404.06654). The pass key
-    starts at ``round(depth * haystack_len)`` of the haystack (filler plus distractors).
+    starts at ``round(d * haystack_len)`` of the haystack (filler plus distractors), where ``d`` is drawn
+    per sample uniformly within ``depth +- DEPTH_JITTER`` (the band cut to [0, 1]) and kept in ``meta["needle_depth"]``.
     """
     if not 0 <= distractors <= len(DISTRACTOR_NAMES):
         raise ValueError(f"eval.passkey.distractors: must be in [0, {len(DISTRACTOR_NAMES)}], got {distractors}")
@@ -63,13 +69,15 @@ def generate_passkey(tokenizer, length: int, depth: float, num_samples: int, see
         filler_len = haystack_len - sum(map(len, decoys))
         if filler_len < 1:
             raise ValueError(f"eval.lengths: {length} is too short for a passkey prompt with {distractors} distractors")
-        at = round(depth * haystack_len)
+        lrng = random.Random(f"passkey-layout-{seed}-{length}-{depth}-{index}")  # its own stream: keys unchanged
+        needle_depth = lrng.uniform(max(0.0, depth - DEPTH_JITTER), min(1.0, depth + DEPTH_JITTER))
+        at = round(needle_depth * haystack_len)
         anchor, places = anchored_layout(drng, haystack_len, at, [len(d) for d in decoys])
         haystack, starts = insert_items((filler * (filler_len // len(filler) + 1))[:filler_len],
                                         [needle, *decoys], [(anchor, 1), *places])
         input_ids = frame.prefix_ids + instruction + haystack + question + frame.suffix_ids
         start = len(frame.prefix_ids) + len(instruction)
-        meta = {"needle_offset": start + starts[0]}
+        meta = {"needle_offset": start + starts[0], "needle_depth": needle_depth}
         if distractors:
             meta |= {"distractors": values, "distractor_offsets": [start + s for s in starts[1:]]}
         samples.append(EvalSample("passkey", length, depth, index, input_ids, answer, key, meta))
