@@ -21,7 +21,8 @@ Parts (``--parts``, comma-separated), each printing one JSON line per measuremen
   the longest length. ``--profile-prefill T``: the top device ops of one SelfExtend forward at ``T`` (also written
   next to ``--out`` as ``*.selfextend_profile.txt``).
 - ``decode``: greedy decode tokens/s after a ``--decode-prefill`` token prefill (KV cache), plain vs SelfExtend
-  (its decode step compiled and eager, ``--decode-modes``; ``ratio_vs_plain`` in the JSON), compilation excluded.
+  (its decode step in each of ``--decode-modes``: fused kernels, eager, compiled; ``ratio_vs_plain`` in the JSON),
+  compilation excluded.
 - ``maxlen``: the longest LoRA sequence: ours with checkpointing on every layer (``--maxlen-ckpt``) at
   ``--maxlen-lengths`` (one step each, the first timed), and the same setup on a ONE-layer model of the same
   widths at ``--layer-lengths``; ``predict`` in the JSON gives the 32-layer peak derived from it.
@@ -526,7 +527,7 @@ def main():
     ap.add_argument("--decode-tokens", type=int, default=8)
     ap.add_argument("--decode-backends", default="auto,flash",
                     help="SDPA backends tried first in the decode part, each measured (comma-separated)")
-    ap.add_argument("--decode-modes", default="compiled,eager",
+    ap.add_argument("--decode-modes", default="sdpa,eager,compiled",
                     help="SelfExtend decode step modes measured, in order, on one cache (longctx.selfextend.DECODE_MODES)")
     ap.add_argument("--profile-decode", action="store_true")
     ap.add_argument("--profile-lora", action="store_true", help="profile one step of each setup at the last length")

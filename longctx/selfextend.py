@@ -49,7 +49,8 @@ Which path computes it
 Every path computes the same maths (the tests hold each to an independent float64 reference):
 
 - one query per row (a decoding step from the KV cache): :func:`_decode_step`, a few operations in the model dtype
-  that ``torch.compile`` fuses on CUDA (``LONGCTX_SELFEXTEND_DECODE``: ``auto`` | ``compiled`` | ``eager``);
+  (``LONGCTX_SELFEXTEND_DECODE``: ``auto`` = ``eager`` | ``compiled`` through ``torch.compile`` | ``sdpa``: the two
+  parts through fused attention kernels merged by log-sum-exp, :func:`_decode_step_sdpa`, for unmasked steps);
 - CUDA, no gradient, no mask (an unpadded prefill: transformers passes None), ``q_len == kv_len``, contiguous
   positions, no dropout or soft-capping (the evaluation's prefill): :func:`_selfextend_prefill` -- the grouped
   part is one causal cuDNN (or FlashAttention) call on shifted slices, the neighbour part a narrow flex band
@@ -342,17 +343,19 @@ def _selfextend_blockwise(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-DECODE_MODES = ("auto", "compiled", "eager")
+DECODE_MODES = ("auto", "compiled", "eager", "sdpa")
 # How the decode step runs: "auto" = eager (measured on an H200, Mistral-7B shape, 32k cache: compiled 17.6 tokens/s
 # after an 8.6 s compile, eager 18.8; docs/RESULTS.md, eighth run), "compiled" = torch.compile (tests use it on the
-# CPU), "eager" = never compiled (the reference).
+# CPU), "eager" = never compiled (the reference), "sdpa" = the two parts through fused attention kernels
+# (:func:`_decode_step_sdpa`; unmasked steps only, others run eager; not yet measured on a GPU).
 DECODE_MODE = os.environ.get("LONGCTX_SELFEXTEND_DECODE", "auto")
 _compiled_decode_step = None
 
 
 def _selfextend_decode(query, key, value, position_ids, attention_mask, scaling, window, group_size, rotary_dim,
                        theta, scale_base=0.0, softcap=None, dropout=0.0, training=False, mode=None):
-    """SelfExtend for ONE query per row (a decoding step): :func:`_decode_step`, compiled or eager.
+    """SelfExtend for ONE query per row (a decoding step): :func:`_decode_step` (eager or compiled) or
+    :func:`_decode_step_sdpa` (mode ``sdpa``, when no mask, soft-capping or dropout is in play).
 
     ``mode`` (default :data:`DECODE_MODE`, env ``LONGCTX_SELFEXTEND_DECODE``): one of :data:`DECODE_MODES`.
     ``compiled`` runs the step through ``torch.compile(dynamic=True)`` (Inductor fuses the cos/sin table, the extra
@@ -360,14 +363,18 @@ def _selfextend_decode(query, key, value, position_ids, attention_mask, scaling,
     cache does not recompile). It is not the default: on the H200 the step is bound by GPU work, not by launches
     (profile in docs/RESULTS.md, eighth run: the batched products with 4 query rows against a 32k cache run in
     cuBLAS's small-N kernels at ~1 ms per layer, and every step re-rotates the whole cache), so fusing the small
-    kernels made it slower (17.6 against 18.8 tokens/s). The fix that profile calls for: keep the grouped keys
-    rotated in a second cache (rotated once, when a key enters it) and run both parts through SDPA's split-KV
-    decode kernels, merged by log-sum-exp.
+    kernels made it slower (17.6 against 18.8 tokens/s). What that profile calls for is mode ``sdpa``: both parts
+    through the fused kernel plain decoding uses, merged by log-sum-exp (built and tested on the CPU, not yet
+    measured on a GPU, so not the default). A further step: keep the grouped keys rotated in a second cache
+    (rotated once, when a key enters it) instead of re-rotating the grouped slice every step.
     """
     global _compiled_decode_step
     mode = DECODE_MODE if mode is None else mode
     if mode not in DECODE_MODES:
         raise ValueError(f"LONGCTX_SELFEXTEND_DECODE: must be one of {DECODE_MODES}, got {mode!r}")
+    if mode == "sdpa" and attention_mask is None and not softcap and not (dropout and training):
+        return _decode_step_sdpa(query, key, value, position_ids, _inv_freq(rotary_dim, theta, query.device),
+                                 scaling, window, group_size, scale_base)
     step = _decode_step
     if mode == "compiled":
         if _compiled_decode_step is None:
@@ -377,6 +384,46 @@ def _selfextend_decode(query, key, value, position_ids, attention_mask, scaling,
     inv_freq = _inv_freq(rotary_dim, theta, query.device, doubled=True)
     return step(query, key, value, position_ids, attention_mask, inv_freq, scaling, window, group_size, scale_base,
                 softcap, dropout, training)
+
+
+def _decode_step_sdpa(query, key, value, position_ids, inv_freq, scaling, window, group_size, scale_base,
+                      kernel: str = "flash"):
+    """SelfExtend for ONE query per row, as two fused attentions merged by log-sum-exp (mode ``sdpa``).
+
+    The paper's one softmax over all keys splits exactly into its two disjoint parts (:func:`merge_attention_partials`):
+    the grouped keys ``[0, kv_len - W)`` (grouped query against keys rotated again by ``n // G - n``) and the
+    neighbour keys ``[kv_len - W, kv_len)`` (query and keys as cached). Each part is one call of the fused kernel
+    that plain decoding uses (:func:`_attention_lse`, FlashAttention-2 by default), which parallelises over the
+    cache, unlike the batched products of :func:`_decode_step` (4 query rows against 32k keys in cuBLAS's small-N
+    kernels: the eighth run's profile). The query heads of one KV head are the rows of one attention, so the shared
+    KV heads are never repeated. Every cached key must be visible (no padding mask), no soft-capping, no dropout.
+
+    query (b, h_q, 1, d) rotated at its true position, key/value (b, h_kv, kv_len, d) from the cache;
+    ``inv_freq`` the RoPE inverse frequencies (not doubled). Returns (b, h_q, 1, d) in the cache dtype.
+    """
+    batch, h_q, _, head_dim = query.shape
+    h_kv, kv_len = key.shape[1], key.shape[2]
+    dtype = key.dtype
+
+    def by_kv_head(q):  # (b, h_q, 1, d) -> (b, h_kv, groups, d): the query heads sharing a KV head as rows
+        return q.to(dtype).reshape(batch, h_kv, h_q // h_kv, head_dim)
+
+    if position_ids is None:
+        q_pos = torch.full((batch, 1), kv_len - 1, device=query.device)
+    else:
+        q_pos = position_ids[:, -1:].to(device=query.device, dtype=torch.long).expand(batch, 1)
+    q_n = query if scale_base <= 0 else (query.to(torch.float32) * _log_scale(q_pos, scale_base)).to(dtype)
+    split = kv_len - window  # keys [0, split) are grouped (distance >= W), [split, kv_len) neighbours
+    near, near_lse = _attention_lse(by_kv_head(q_n), key[:, :, max(split, 0):], value[:, :, max(split, 0):],
+                                    scaling, kernel, causal=False)
+    if split <= 0:
+        return near.to(dtype).reshape(batch, h_q, 1, head_dim)
+    # Paper eq.: grouped query position m // G + W - W // G, grouped key position n // G.
+    k_pos = q_pos - torch.arange(kv_len - 1, kv_len - 1 - split, -1, device=query.device)  # (b, split)
+    q_g = _rotate(q_n, q_pos // group_size + window - window // group_size - q_pos, inv_freq, dtype)
+    k_g = _rotate(key[:, :, :split], k_pos // group_size - k_pos, inv_freq, dtype)
+    far, far_lse = _attention_lse(by_kv_head(q_g), k_g, value[:, :, :split], scaling, kernel, causal=False)
+    return merge_attention_partials(near, near_lse, far, far_lse).to(dtype).reshape(batch, h_q, 1, head_dim)
 
 
 def _decode_step(query, key, value, position_ids, attention_mask, inv_freq, scaling, window, group_size,
@@ -555,10 +602,11 @@ def _prefill_kernels_fit(query, key, attention_mask, position_ids, dropout, soft
     return bool((position_ids - position_ids[:, :1] == steps).all())
 
 
-def _causal_attention_lse(q, k, v, scaling, kernel: str | None = None):
-    """Causal softmax attention and its log-sum-exp: (out (b, h, n, d), lse (b, h, n) float32).
+def _attention_lse(q, k, v, scaling, kernel: str | None = None, causal: bool = True):
+    """Softmax attention and its log-sum-exp: (out (b, h, n, d), lse (b, h, n) float32).
 
-    q, k, v (b, h, n, d) of one length ``n`` (top-left = bottom-right causal); KV heads fewer than query heads
+    ``causal``: q, k, v (b, h, n, d) of one length ``n`` (top-left = bottom-right causal); otherwise every query
+    sees every key (q (b, h, n, d) against k, v (b, h, m, d): the decode step's parts). KV heads fewer than query heads
     are repeated (cheap next to the attention, and the aten ops below are documented for equal heads only).
     CUDA: ``kernel`` (default :data:`PREFILL_KERNEL`) is ``cudnn`` -- the kernel plain SDPA runs on an H200
     (about 560 TFLOP/s forward in the LoRA profile) -- or ``flash`` (PyTorch's FlashAttention-2); both return the
@@ -579,15 +627,15 @@ def _causal_attention_lse(q, k, v, scaling, kernel: str | None = None):
         if kernel == "cudnn":
             try:
                 out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
-                    q, k, v, None, True, 0.0, True, False, scale=scaling)[:2]
+                    q, k, v, None, True, 0.0, causal, False, scale=scaling)[:2]
                 return out, lse.reshape(batch, heads, -1)[..., :n].float()  # cuDNN's lse is (b, h, n, 1)
             except RuntimeError as e:
                 warnings.warn(f"SelfExtend prefill: cuDNN attention failed ({str(e)[:200]}); using flash", stacklevel=2)
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True, False, scale=scaling)[:2]
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scaling)[:2]
         return out, lse.reshape(batch, heads, -1)[..., :n].float()
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling
-    causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-    scores = scores.masked_fill(~causal, float("-inf"))
+    if causal:
+        scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool, device=q.device).tril(), float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1), v.float()), torch.logsumexp(scores, dim=-1)
 
 
@@ -609,7 +657,7 @@ def _selfextend_prefill(query, key, value, q_pos, group_size, window, scale_base
     With key index = position, key ``j`` is grouped for query ``i`` iff ``j <= i - W`` (paper: distance >= W).
     Writing ``i = W + i'``, that is ``j <= i'``: the grouped part is ONE ordinary causal attention of the
     shifted queries ``q_g[W:]`` over the keys ``k_g[:T - W]``, the bulk of the work, done by cuDNN's (or
-    FlashAttention's) fused causal kernel, ``kernel`` (:func:`_causal_attention_lse`).
+    FlashAttention's) fused causal kernel, ``kernel`` (:func:`_attention_lse`).
     Queries ``i < W`` have no grouped key. The neighbour part (``i - W < j <= i``) is a band of width W, O(T W):
     flex_attention with a block mask that lists only the band's blocks, built once per length. The two parts
     are merged exactly by :func:`merge_attention_partials` (one softmax over all keys, as in the paper).
@@ -623,12 +671,12 @@ def _selfextend_prefill(query, key, value, q_pos, group_size, window, scale_base
     n, dtype = query.shape[2], query.dtype
     q_n = query if scale_base <= 0 else (query.float() * _log_scale(q_pos, scale_base)).to(dtype)
     if n <= window:  # every key is a neighbour: plain causal attention
-        return _causal_attention_lse(q_n, key, value, scaling, kernel)[0].to(dtype)
+        return _attention_lse(q_n, key, value, scaling, kernel)[0].to(dtype)
     # Paper eq.: grouped query position m // G + W - W // G, grouped key position n // G.
     q_true, k_true = q_pos[:, window:].clamp(min=0), q_pos[:, : n - window].clamp(min=0)
     q_g = _rotate(q_n[:, :, window:], q_true // group_size + window - window // group_size - q_true, inv_freq, dtype)
     k_g = _rotate(key[:, :, : n - window], k_true // group_size - k_true, inv_freq, dtype)
-    far, far_lse = _causal_attention_lse(q_g, k_g, value[:, :, : n - window], scaling, kernel)
+    far, far_lse = _attention_lse(q_g, k_g, value[:, :, : n - window], scaling, kernel)
     band = _band_block_mask(n, window, query.device, compiled)
     out, near_lse = _flex_with_lse(_flex_function(compiled), q_n, key, value, band, scaling)
     # queries i < W keep their neighbour output (all their keys); the others get the merge, in place

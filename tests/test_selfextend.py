@@ -11,7 +11,7 @@ from transformers import LlamaForCausalLM
 from longctx import selfextend
 from longctx.selfextend import (
     ATTN_IMPLEMENTATION,
-    _causal_attention_lse,
+    _attention_lse,
     _prefill_kernels_fit,
     _selfextend_flex,
     _selfextend_prefill,
@@ -257,11 +257,11 @@ def test_prefill_path_equals_blockwise_with_partial_rotary(partial):
     torch.testing.assert_close(got.transpose(1, 2), want, atol=1e-5, rtol=1e-5)
 
 
-def test_causal_attention_lse_fallback_matches_flash_convention():
+def test_attention_lse_fallback_matches_flash_convention():
     """The CPU twin returns what PyTorch's flash kernels return: output and natural-log lse (b, h, n)."""
     g = torch.Generator().manual_seed(44)
     q, k, v = (torch.randn(2, 4, 19, 16, generator=g) for _ in range(3))
-    out, lse = _causal_attention_lse(q, k[:, :2], v[:, :2], 0.3)  # GQA: KV heads repeated
+    out, lse = _attention_lse(q, k[:, :2], v[:, :2], 0.3)  # GQA: KV heads repeated
     k2, v2 = k[:, :2].repeat_interleave(2, 1), v[:, :2].repeat_interleave(2, 1)
     flash_out, flash_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k2, v2, 0.0, True, scale=0.3)
     torch.testing.assert_close(out, flash_out, atol=1e-5, rtol=1e-5)
