@@ -2,7 +2,7 @@
 # The method sweep at a 32k target on the GPU host, through DVC itself (the pipeline's own stages,
 # cache and experiments; no second pipeline): every method fine-tuned 30 LoRA steps at 8k, except
 # training-free SelfExtend, evaluated at 8k/16k/32k, then one report over the experiments.
-# Needs DVC on the host (carry its wheels in .whl/ with the others, see gpu_setup.sh).
+# Needs DVC on the host (carry its wheels in .whl_dvc/, the GGUF and the others as gpu_setup.sh says).
 set -uo pipefail
 source benchmarks/gpu_setup.sh
 python3 benchmarks/gpu_params.py --steps 30

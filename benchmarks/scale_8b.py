@@ -21,8 +21,7 @@ Parts (``--parts``, comma-separated), each printing one JSON line per measuremen
   the longest length. ``--profile-prefill T``: the top device ops of one SelfExtend forward at ``T`` (also written
   next to ``--out`` as ``*.selfextend_profile.txt``).
 - ``decode``: greedy decode tokens/s after a ``--decode-prefill`` token prefill (KV cache), plain vs SelfExtend
-  (its decode step in each of ``--decode-modes``: fused kernels, eager, compiled; ``ratio_vs_plain`` in the JSON),
-  compilation excluded.
+  (its decode step in each of ``--decode-modes``: fused kernels, eager; ``ratio_vs_plain`` in the JSON).
 - ``maxlen``: the longest LoRA sequence: ours with checkpointing on every layer (``--maxlen-ckpt``) at
   ``--maxlen-lengths`` (one step each, the first timed), and the same setup on a ONE-layer model of the same
   widths at ``--layer-lengths``; ``predict`` in the JSON gives the 32-layer peak derived from it.
@@ -389,7 +388,7 @@ def selfextend_attention_check(cfg, extension, T):
 def part_decode(args, cfg, n):
     """Greedy decode after one prefill per (method, SDPA backend). SelfExtend's decode step is measured in each of
     ``--decode-modes`` (``longctx.selfextend.DECODE_MODE``) on the same cache, one after the other; the first
-    warm-up step (compilation included, for ``compiled``) is reported as ``first_step_s`` and kept out of tok/s."""
+    warm-up step is reported as ``first_step_s`` and kept out of tok/s."""
     from longctx import selfextend
     from longctx.kernels import sdpa_backend
     from longctx.modeling import extend_model
@@ -412,7 +411,7 @@ def part_decode(args, cfg, n):
                 if mode:
                     selfextend.DECODE_MODE = mode
                 t0 = time.perf_counter()
-                past, tok = _decode_steps(model, past, tok, 1)  # compiles the step (mode compiled)
+                past, tok = _decode_steps(model, past, tok, 1)  # first step (kernel choice), timed apart
                 sync()
                 first_step_s = time.perf_counter() - t0
                 past, tok = _decode_steps(model, past, tok, 1)  # warm-up (kernel choice); it stays in the cache
@@ -434,7 +433,7 @@ def part_decode(args, cfg, n):
                 if args.profile_decode:  # where a decode step's time goes, host and device
                     past, tok = _profile_decode(model, past, tok, f"{method} {mode or ''} (sdpa_backend {backend})")
         del past
-    selfextend.DECODE_MODE = "auto"
+    selfextend.DECODE_MODE = "eager"
     del model
     free()
 
@@ -527,7 +526,7 @@ def main():
     ap.add_argument("--decode-tokens", type=int, default=8)
     ap.add_argument("--decode-backends", default="auto,flash",
                     help="SDPA backends tried first in the decode part, each measured (comma-separated)")
-    ap.add_argument("--decode-modes", default="sdpa,eager,compiled",
+    ap.add_argument("--decode-modes", default="sdpa,eager",
                     help="SelfExtend decode step modes measured, in order, on one cache (longctx.selfextend.DECODE_MODES)")
     ap.add_argument("--profile-decode", action="store_true")
     ap.add_argument("--profile-lora", action="store_true", help="profile one step of each setup at the last length")

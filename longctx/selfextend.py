@@ -48,9 +48,9 @@ Which path computes it
 ----------------------
 Every path computes the same maths (the tests hold each to an independent float64 reference):
 
-- one query per row (a decoding step from the KV cache): :func:`_decode_step`, a few operations in the model dtype
-  (``LONGCTX_SELFEXTEND_DECODE``: ``auto`` = ``eager`` | ``compiled`` through ``torch.compile`` | ``sdpa``: the two
-  parts through fused attention kernels merged by log-sum-exp, :func:`_decode_step_sdpa`, for unmasked steps);
+- one query per row (a decoding step from the KV cache): :func:`_decode_step`, a few operations in the model dtype,
+  or with ``LONGCTX_SELFEXTEND_DECODE=sdpa`` the two parts through fused attention kernels merged by log-sum-exp
+  (:func:`_decode_step_sdpa`, for unmasked steps);
 - CUDA, no gradient, no mask (an unpadded prefill: transformers passes None), ``q_len == kv_len``, contiguous
   positions, no dropout or soft-capping (the evaluation's prefill): :func:`_selfextend_prefill` -- the grouped
   part is one causal cuDNN (or FlashAttention) call on shifted slices, the neighbour part a narrow flex band
@@ -343,47 +343,35 @@ def _selfextend_blockwise(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-DECODE_MODES = ("auto", "compiled", "eager", "sdpa")
-# How the decode step runs: "auto" = eager (measured on an H200, Mistral-7B shape, 32k cache: compiled 17.6 tokens/s
-# after an 8.6 s compile, eager 18.8; docs/RESULTS.md, eighth run), "compiled" = torch.compile (tests use it on the
-# CPU), "eager" = never compiled (the reference), "sdpa" = the two parts through fused attention kernels
-# (:func:`_decode_step_sdpa`; unmasked steps only, others run eager; not yet measured on a GPU).
-DECODE_MODE = os.environ.get("LONGCTX_SELFEXTEND_DECODE", "auto")
-_compiled_decode_step = None
+DECODE_MODES = ("eager", "sdpa")
+# How the decode step runs: "eager" = :func:`_decode_step` (the reference and the default), "sdpa" = the two parts
+# through fused attention kernels (:func:`_decode_step_sdpa`; unmasked steps only, others run eager; not yet measured
+# on a GPU). A torch.compile'd step was measured and removed: 17.6 tokens/s after an 8.6 s compile against eager's
+# 18.8 (H200, Mistral-7B shape, 32k cache; docs/RESULTS.md, eighth run).
+DECODE_MODE = os.environ.get("LONGCTX_SELFEXTEND_DECODE", "eager")
 
 
 def _selfextend_decode(query, key, value, position_ids, attention_mask, scaling, window, group_size, rotary_dim,
                        theta, scale_base=0.0, softcap=None, dropout=0.0, training=False, mode=None):
-    """SelfExtend for ONE query per row (a decoding step): :func:`_decode_step` (eager or compiled) or
-    :func:`_decode_step_sdpa` (mode ``sdpa``, when no mask, soft-capping or dropout is in play).
+    """SelfExtend for ONE query per row (a decoding step): :func:`_decode_step`, or :func:`_decode_step_sdpa` in mode
+    ``sdpa`` when no mask, soft-capping or dropout is in play.
 
-    ``mode`` (default :data:`DECODE_MODE`, env ``LONGCTX_SELFEXTEND_DECODE``): one of :data:`DECODE_MODES`.
-    ``compiled`` runs the step through ``torch.compile(dynamic=True)`` (Inductor fuses the cos/sin table, the extra
-    rotations, scaling, masking and softmax around the three matmuls; the cache length stays symbolic, so a growing
-    cache does not recompile). It is not the default: on the H200 the step is bound by GPU work, not by launches
-    (profile in docs/RESULTS.md, eighth run: the batched products with 4 query rows against a 32k cache run in
-    cuBLAS's small-N kernels at ~1 ms per layer, and every step re-rotates the whole cache), so fusing the small
-    kernels made it slower (17.6 against 18.8 tokens/s). What that profile calls for is mode ``sdpa``: both parts
-    through the fused kernel plain decoding uses, merged by log-sum-exp (built and tested on the CPU, not yet
-    measured on a GPU, so not the default). A further step: keep the grouped keys rotated in a second cache
-    (rotated once, when a key enters it) instead of re-rotating the grouped slice every step.
+    ``mode`` (default :data:`DECODE_MODE`, env ``LONGCTX_SELFEXTEND_DECODE``): one of :data:`DECODE_MODES`. The eager
+    step is bound by GPU work on an H200, not by kernel launches (profile in docs/RESULTS.md, eighth run): its batched
+    products of 4 query rows against a 32k cache run in cuBLAS's small-N kernels at ~1 ms per layer. Mode ``sdpa``
+    is what that profile calls for: both parts through the fused kernel plain decoding uses, merged by log-sum-exp
+    (tested on the CPU, not yet measured on a GPU, so not the default). A further step: keep the grouped keys
+    rotated in a second cache (rotated once, when a key enters it) instead of re-rotating the grouped slice.
     """
-    global _compiled_decode_step
     mode = DECODE_MODE if mode is None else mode
     if mode not in DECODE_MODES:
         raise ValueError(f"LONGCTX_SELFEXTEND_DECODE: must be one of {DECODE_MODES}, got {mode!r}")
     if mode == "sdpa" and attention_mask is None and not softcap and not (dropout and training):
         return _decode_step_sdpa(query, key, value, position_ids, _inv_freq(rotary_dim, theta, query.device),
                                  scaling, window, group_size, scale_base)
-    step = _decode_step
-    if mode == "compiled":
-        if _compiled_decode_step is None:
-            _compiled_decode_step = torch.compile(_decode_step, dynamic=True)
-        step = _compiled_decode_step
-    # The inverse frequencies come from a host-side cache, outside the compiled graph.
-    inv_freq = _inv_freq(rotary_dim, theta, query.device, doubled=True)
-    return step(query, key, value, position_ids, attention_mask, inv_freq, scaling, window, group_size, scale_base,
-                softcap, dropout, training)
+    return _decode_step(query, key, value, position_ids, attention_mask,
+                        _inv_freq(rotary_dim, theta, query.device, doubled=True), scaling, window, group_size,
+                        scale_base, softcap, dropout, training)
 
 
 def _decode_step_sdpa(query, key, value, position_ids, inv_freq, scaling, window, group_size, scale_base,
@@ -431,13 +419,13 @@ def _decode_step(query, key, value, position_ids, attention_mask, inv_freq, scal
     """SelfExtend for ONE query per row (a decoding step), without float32 copies of the cache or host syncs.
 
     The cache holds keys at contiguous positions ending at the query's, so key ``j`` is ``kv_len - 1 - j`` tokens
-    away in every row (left padding included: padding slots are hidden by the mask), and the grouped keys
-    (distance >= W) are the first ``kv_len - W`` -- known without reading any tensor. The cached keys are rotated
-    again (by ``n // G - n``, paper eq. for the grouped key position) in the model dtype; each key's logit is the
-    grouped one (grouped query, grouped key) or the neighbour one (query and key as cached), chosen by index, and all
-    go through ONE softmax, as in the paper. With one query the scores are small (b, h_q, kv_len) and are kept in
-    float32. The query-key products run in the model dtype (as transformers' eager attention), the softmax in
-    float32, the probabilities times values in the model dtype.
+    away in every row (left padding included: padding slots are hidden by the mask). The grouped keys
+    (distance >= W) are therefore the slice ``[0, kv_len - W)`` and the neighbour keys the slice
+    ``[kv_len - W, kv_len)`` -- two static slices, no data-dependent span. Only the grouped slice is rotated
+    again (by ``n // G - n``, paper eq. for the grouped key position), in the model dtype. The two score rows are
+    concatenated in key order and go through ONE softmax, as in the paper; with one query the scores are small
+    (b, h_q, kv_len) and are kept in float32. The query-key products run in the model dtype (as transformers'
+    eager attention), the softmax in float32, the probabilities times values in the model dtype.
 
     One cos/sin table serves the query's and the keys' extra rotations.
 
@@ -454,10 +442,10 @@ def _decode_step(query, key, value, position_ids, attention_mask, inv_freq, scal
         q_pos = torch.full((batch, 1), kv_len - 1, device=query.device)
     else:
         q_pos = position_ids[:, -1:].to(device=query.device, dtype=torch.long).expand(batch, 1)
-    # Key j sits kv_len - 1 - j tokens before the query; left-padding slots get negative positions, hidden by the mask.
-    back = torch.arange(kv_len - 1, -1, -1, device=query.device)
-    k_pos = q_pos - back
-    # Extra rotation of the query (m // G + W - W // G - m) and of the keys (n // G - n), one table.
+    split = max(kv_len - window, 0)  # keys [0, split) are grouped, [split, kv_len) neighbours
+    # Key positions count back from the query's; left-padding slots get negative ones, hidden by the mask.
+    k_pos = q_pos - torch.arange(kv_len - 1, kv_len - 1 - split, -1, device=query.device)
+    # Extra rotation of the query (m // G + W - W // G - m) and of the grouped keys (n // G - n), one table.
     delta = torch.cat((q_pos // group_size + (window - window // group_size) - q_pos,
                        k_pos // group_size - k_pos), dim=1)
     emb = delta.to(torch.float32)[:, None, :, None] * inv_freq
@@ -471,17 +459,16 @@ def _decode_step(query, key, value, position_ids, attention_mask, inv_freq, scal
 
     q_n = query if scale_base <= 0 else (query.to(torch.float32) * _log_scale(q_pos, scale_base)).to(dtype)
     q_g = rotate(q_n.to(dtype), cos[:, :, :1], sin[:, :, :1])
-    k_g = rotate(key, cos[:, :, 1:], sin[:, :, 1:])
 
     def by_kv_head(q):  # (b, h_q, 1, d) -> (b, h_kv, groups, d): shared KV heads broadcast, never repeated
         return q.to(dtype).view(batch, h_kv, h_q // h_kv, head_dim)
 
-    # Both logits for every key, the grouped one kept where m - n >= W. No slice of size kv_len - W: a compiled
-    # graph would specialise on that size being 0 or 1 and recompile twice near the window. The price, the
-    # neighbour product reading every cached key instead of the last W, is microseconds on a GPU.
-    grouped = back >= window  # (kv_len,)
-    scores = torch.where(grouped, torch.matmul(by_kv_head(q_g), k_g.transpose(-1, -2)),
-                         torch.matmul(by_kv_head(q_n), key.transpose(-1, -2)))
+    neighbour = torch.matmul(by_kv_head(q_n), key[:, :, split:].transpose(-1, -2))
+    if split > 0:
+        k_g = rotate(key[:, :, :split], cos[:, :, 1:], sin[:, :, 1:])
+        scores = torch.cat((torch.matmul(by_kv_head(q_g), k_g.transpose(-1, -2)), neighbour), dim=-1)
+    else:
+        scores = neighbour
     scores = scores.to(torch.float32) * scaling  # (b, h_kv, groups, kv_len)
     if softcap:
         scores = softcap * torch.tanh(scores / softcap)

@@ -26,7 +26,7 @@ def test_scale_benchmark_smoke(tmp_path):
 def test_finetune_scale_check_and_decode_smoke(tmp_path):
     """The two python parts of benchmarks/gpu_host_scale_check.sh on the CPU (tiny shape): the finetune stage's
     code path with train.keep_activations writes an adapter and reports each step; the decode part reports plain
-    and SelfExtend (its decode step fused, eager and compiled) for each SDPA backend."""
+    and SelfExtend (its decode step fused and eager) for each SDPA backend."""
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "finetune.jsonl"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/finetune_scale_check.py"), "--smoke", "--steps", "2",
@@ -47,7 +47,7 @@ def test_finetune_scale_check_and_decode_smoke(tmp_path):
     rows = [r for r in decode if r.get("part") == "decode" and "method" in r]
     got = {(r["method"], r["sdpa_backend"], r.get("decode_mode")) for r in rows}
     assert got == {("none", b, None) for b in ("auto", "flash")} | {
-        ("selfextend", b, m) for b in ("auto", "flash") for m in ("sdpa", "eager", "compiled")}
+        ("selfextend", b, m) for b in ("auto", "flash") for m in ("sdpa", "eager")}
     assert all(r["ratio_vs_plain"] > 0 for r in rows if r["method"] == "selfextend")
 
 

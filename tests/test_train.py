@@ -77,11 +77,15 @@ def test_zero_steps_passes_the_extended_model_through(base_dir, tmp_path):  # no
     make_extended_model(base_dir, ext_dir, "pi", {}, 256)
     sft = tmp_path / "train.jsonl"
     write_sft(sft)
+    stale = tmp_path / "live" / "plots" / "metrics" / "loss.tsv"  # curves of an earlier run in the same folder
+    stale.parent.mkdir(parents=True)
+    stale.write_text("step\tloss\n0\t4.2\n")
+    (tmp_path / "live" / "metrics.json").write_text('{"loss": 4.2}')
     finetune(ext_dir, sft, tmp_path / "ft", TrainParams(steps=0), live_dir=tmp_path / "live")
     assert json.loads((tmp_path / "ft" / "finetune.json").read_text()) == {"mode": "none", "steps": 0, "method": "pi"}
     # dvc.yaml declares the dvclive outputs: a training-free run leaves them too (empty), or DVC fails the stage
     assert json.loads((tmp_path / "live" / "metrics.json").read_text()) == {}
-    assert (tmp_path / "live" / "plots" / "metrics").is_dir()
+    assert (tmp_path / "live" / "plots" / "metrics").is_dir() and not stale.exists()
     model = load_finetuned(tmp_path / "ft", ext_dir, dtype="float32", device="cpu")
     assert model.config.rope_parameters["rope_type"] == "linear"
 

@@ -29,13 +29,15 @@ def open_live(live_dir: Path, losses: list[float], lrs: list[float]):
 def write_empty_live(live_dir: Path) -> None:
     """The dvclive outputs dvc.yaml declares for the finetune stage (``metrics.json``, ``plots/metrics``),
     empty: a run without steps (training-free) or without dvclive still leaves every declared output,
-    so DVC does not fail the stage with "output does not exist"."""
+    so DVC does not fail the stage with "output does not exist". Curves of an earlier run in the same folder
+    are removed: they would be reported as this run's."""
     from longctx.io import atomic_write_json
 
-    live_dir = Path(live_dir)
-    (live_dir / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
-    if not (live_dir / "metrics.json").exists():
-        atomic_write_json(live_dir / "metrics.json", {})
+    plots = Path(live_dir) / "plots" / "metrics"
+    plots.mkdir(parents=True, exist_ok=True)
+    for old in plots.glob("*.tsv"):
+        old.unlink()
+    atomic_write_json(Path(live_dir) / "metrics.json", {})
 
 
 def log_step(live, loss: float, lr: float, tokens_per_s: float, device: torch.device) -> None:

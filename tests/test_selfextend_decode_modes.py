@@ -1,13 +1,24 @@
-"""SelfExtend's decode step through fused attention kernels (``LONGCTX_SELFEXTEND_DECODE=sdpa``): the two parts of
-the paper's one softmax (grouped keys, neighbour keys) as two attentions with their log-sum-exp, merged. On the CPU
-the kernel is :func:`longctx.selfextend._attention_lse`'s float32 twin, so these tests check the slicing, the
-extra rotations and the merge against the eager step and the float64 reference."""
+"""SelfExtend's decode step in each mode (``LONGCTX_SELFEXTEND_DECODE``): ``eager`` (:func:`_decode_step`) and
+``sdpa`` (:func:`_decode_step_sdpa`: the two parts of the paper's one softmax, grouped keys and neighbour keys, as two
+attentions with their log-sum-exp, merged). On the CPU the fused kernel is :func:`longctx.selfextend._attention_lse`'s
+float32 twin, so these tests check the slicing, the extra rotations and the merge against the eager step and the
+float64 reference."""
 
+import pytest
 import torch
 
 from longctx import selfextend
 from tests.test_selfextend import THETA, assert_decode_matches_full, fake_module, random_case, reference, rope, tiny_model
-from tests.test_selfextend_compiled_decode import _decode
+
+
+def _decode(module, q, k, v, mask, pos, mode, **kw):
+    """One decode step through ``selfextend_attention`` with the decode step forced to ``mode``."""
+    old = selfextend.DECODE_MODE
+    selfextend.DECODE_MODE = mode
+    try:
+        return selfextend.selfextend_attention(module, q, k, v, mask, scaling=16**-0.5, position_ids=pos, **kw)[0]
+    finally:
+        selfextend.DECODE_MODE = old
 
 
 def count_fused_steps(monkeypatch) -> list:
@@ -75,3 +86,44 @@ def test_sdpa_kv_cache_decoding_matches_full_forward(monkeypatch):
     ids = torch.randint(0, 128, (1, 19), generator=torch.Generator().manual_seed(6))
     assert_decode_matches_full(model, model, ids, 7, tol=1e-5)
     assert len(calls) == 12 * model.config.num_hidden_layers, calls  # every decode step of every layer was fused
+
+
+@torch.no_grad()
+def test_eager_decode_step_with_left_padding_equals_reference():
+    """GQA (4 query heads, 2 KV heads), left padding in row 1, cache lengths on both sides of the window (W = 6):
+    the eager step == float64 reference (``sdpa`` falls back to it under a mask)."""
+    G, W, b = 3, 6, 2
+    module = fake_module(G, W)
+    pad = torch.tensor([0, 3])
+    for n in (5, 6, 7, 9, 16, 23, 31):
+        q0, k0, v = random_case(b, n, seed=n)
+        idx = torch.arange(n)
+        pos = (idx[None, :] - pad[:, None]).clamp(min=0)
+        visible = (idx[None, :] >= pad[:, None])[:, None, :]
+        ref = reference(q0[:, :, -1:], k0, v, pos[:, -1:], pos, G, W, visible)
+        q, k = rope(q0.double(), pos).float()[:, :, -1:], rope(k0.double(), pos).float()
+        eager = _decode(module, q, k, v, visible[:, None], pos[:, -1:].clone(), "eager")
+        torch.testing.assert_close(eager.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_eager_decode_step_bf16_partial_rotary_scale_base_softcap():
+    """Partial rotary (half the channels rotate), log scaling and softcap: the one-query step equals the two-query
+    (general) path in float32 and stays in bf16 for a bf16 cache."""
+    G, W, n, b = 3, 5, 29, 2
+    module = fake_module(G, W, scale_base=8.0)
+    module.config.rope_parameters = {"rope_theta": THETA, "partial_rotary_factor": 0.5}
+    q0, k0, v = random_case(b, n, seed=41)
+    pos = torch.arange(n).expand(b, n)
+    eager = _decode(module, q0[:, :, -1:], k0, v, None, pos[:, -1:], "eager", softcap=5.0)
+    two = _decode(module, q0[:, :, -2:], k0, v, None, pos[:, -2:], "eager", softcap=5.0)
+    torch.testing.assert_close(eager, two[:, -1:], atol=1e-5, rtol=1e-5)
+    bf = [t.bfloat16() for t in (q0[:, :, -1:], k0, v)]
+    assert _decode(module, *bf, None, pos[:, -1:], "eager", softcap=5.0).dtype == torch.bfloat16
+
+
+def test_bad_decode_mode_names_the_setting(monkeypatch):
+    monkeypatch.setattr(selfextend, "DECODE_MODE", "fast")
+    q0, k0, v = random_case(1, 5)
+    with pytest.raises(ValueError, match="LONGCTX_SELFEXTEND_DECODE"):
+        _decode(fake_module(2, 4), q0[:, :, -1:], k0, v, None, None, "fast")
