@@ -22,7 +22,11 @@
 # Knobs (environment): HEADLINE_JOBS (parallel experiments, default 5), HEADLINE_SAMPLES (passkey
 # samples per depth, default 10; 6 = 30 per length, the floor for the 32k cell), HEADLINE_ONLY ("name
 # name ...": queue only these, e.g. a second call for the budget-24 points; join the calls' JSON files
-# with tools/report.py --exp-json a.json b.json), HEADLINE_BUDGET_S (the whole script, default 510 s).
+# with tools/report.py --exp-json a.json b.json), HEADLINE_BUDGET_S (the whole script, default 510 s),
+# HEADLINE_KEEP=1 (at the deadline leave the running and queued experiments to the next call instead of killing
+# them: DVC's workers are daemons and go on while the machine stays warm), HEADLINE_RESUME=1 (the next call on the
+# same warm host: back to the earlier call's commit, queue again only what is neither finished, running nor
+# queued, then wait for the queue; the eighth run lost the experiments its deadline killed).
 #
 # Cost estimate, one H200, not measured (135M model, N = 135M, L = 30, d = 576). FLOPs: 6NT + 12LdT^2 per
 # trained sequence, 2NT + 4LdT^2 per prefill (causal attention does about half). Measured on the H200/H100
@@ -55,6 +59,8 @@ set -uo pipefail
 T0=$(date +%s)
 TINY=${HEADLINE_TINY:-0}
 DRY=${HEADLINE_DRY:-0}
+KEEP_RUNNING=${HEADLINE_KEEP:-0}
+RESUME=${HEADLINE_RESUME:-0}
 BUDGET_S=${HEADLINE_BUDGET_S:-510}   # the whole script, seconds (the device call allows 600)
 OUT=${OUT:-/tmp/headline_out}
 mkdir -p "$OUT"
@@ -140,6 +146,17 @@ if [ -n "${HEADLINE_ONLY:-}" ]; then  # a subset, e.g. the budget-24 points in a
   [ "${#EXPS[@]}" -gt 0 ] || { say "HEADLINE_ONLY=$HEADLINE_ONLY names no experiment"; exit 1; }
 fi
 
+# --------------------------------------------------------------------------- resume (HEADLINE_RESUME=1)
+if [ "$RESUME" = 1 ]; then
+  git rev-parse --verify -q HEAD >/dev/null 2>&1 && [ -d .dvc/tmp/exps ] || {
+    say "HEADLINE_RESUME: no earlier call's repository and queue here (a fresh machine?): run without it"; exit 1; }
+  # The device tool copied this session's tree over the earlier call's: back to its commit (headline params,
+  # base model evaluated), so anything queued again runs what the earlier experiments ran.
+  git checkout -q HEAD -- . && say "resuming the queue of $(git log -1 --format='%h %s')"
+fi
+
+# Params and the base evaluation: skipped when resuming (the earlier call did both). Not indented: heredocs.
+if [ "$RESUME" != 1 ]; then
 # --------------------------------------------------------------------------- repository + params
 # The device tool copies files, not the repository: experiments need a commit. (`rev-parse`, not `-d .git`:
 # in a git worktree .git is a file.) A dry run touches no git state.
@@ -213,11 +230,17 @@ timeout $((BUDGET_S / 3)) $DVC repro evaluate_base 2>&1 | grep --line-buffered -
 # the report does not rank it beside the experiments (it is listed as a revision without metrics).
 git rm -q --cached --ignore-unmatch metrics/summary.json metrics/by_length.json && rm -f metrics/summary.json metrics/by_length.json
 git add -A dvc.lock metrics 2>/dev/null; git commit -qm "base model evaluated" || true
+fi  # RESUME != 1
 
 # --------------------------------------------------------------------------- queue + run
 say "queueing"
+BEFORE=$($DVC queue status 2>/dev/null)
 for spec in "${EXPS[@]}"; do
   read -r name overrides <<<"$spec"
+  if [ "$RESUME" = 1 ] && awk -v n="$name" '$2 == n && ($NF == "Success" || $NF == "Running" || $NF == "Queued")' \
+      <<<"$BEFORE" | grep -q .; then
+    continue   # finished, or still on its way, from the earlier call
+  fi
   args=()
   for o in $overrides; do args+=(-S "$o"); done
   $DVC exp run --queue -n "$name" "${args[@]}" >/dev/null || say "queue failed: $name"
@@ -228,7 +251,9 @@ $DVC queue status | tail -n +1 | head -40
 DEADLINE=$(( T0 + BUDGET_S - 45 ))   # 45 s kept for exp show + report
 count() { awk -v s="$1" '$NF == s' <<<"$STATUS" | wc -l; }
 say "dvc queue start -j $JOBS; deadline in $(( DEADLINE - $(date +%s) ))s"
-$DVC queue start -j "$JOBS"
+if [ "$RESUME" != 1 ] || grep -q "Worker status: 0 active" <<<"$($DVC queue status 2>/dev/null)"; then
+  $DVC queue start -j "$JOBS"   # (resuming with workers still alive: more would oversubscribe the GPU)
+fi
 idle=0; restarts=0; last=""
 while :; do
   sleep 10
@@ -236,7 +261,7 @@ while :; do
   line="success $(count Success), failed $(count Failed), running $(count Running), queued $(count Queued)"
   [ "$line" != "$last" ] && say "$line" && last=$line
   [ $(( $(count Running) + $(count Queued) )) -eq 0 ] && break
-  [ "$(date +%s)" -ge "$DEADLINE" ] && { say "deadline: stopping the unfinished experiments"; break; }
+  [ "$(date +%s)" -ge "$DEADLINE" ] && { say "deadline"; break; }
   if grep -q "Worker status: 0 active" <<<"$STATUS" && [ "$(count Running)" -eq 0 ]; then
     idle=$((idle + 1))   # experiments queued but no worker: start them again (twice at most)
     if [ "$idle" -ge 3 ] && [ "$restarts" -lt 2 ]; then
@@ -246,10 +271,14 @@ while :; do
     idle=0
   fi
 done
-$DVC queue stop --kill >/dev/null 2>&1 || true   # unfinished experiments end here
-for p in $(pgrep -f "python stages/" || true); do  # a stage the kill left behind: only ours (its cwd is our executor)
-  case $(readlink "/proc/$p/cwd" 2>/dev/null) in "$PWD"/.dvc/tmp/exps/*) kill "$p" 2>/dev/null ;; esac
-done
+if [ "$KEEP_RUNNING" = 1 ]; then
+  say "HEADLINE_KEEP: $(count Running) running and $(count Queued) queued left to the next call (HEADLINE_RESUME=1)"
+else
+  $DVC queue stop --kill >/dev/null 2>&1 || true   # unfinished experiments end here
+  for p in $(pgrep -f "python stages/" || true); do  # a stage the kill left behind: only ours (its cwd is our executor)
+    case $(readlink "/proc/$p/cwd" 2>/dev/null) in "$PWD"/.dvc/tmp/exps/*) kill "$p" 2>/dev/null ;; esac
+  done
+fi
 
 # --------------------------------------------------------------------------- results
 $DVC queue status > "$OUT/queue.log" 2>&1

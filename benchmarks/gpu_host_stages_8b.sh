@@ -16,11 +16,12 @@ set -uo pipefail
 OUT=${OUT:-/tmp/stages_8b_out}
 WORK=${WORK:-/tmp/stages_8b}
 SHAPE=${SHAPE:-shape:mistral-7b}
+FT_SEQ=${FT_SEQ:-32768}   # the LoRA step's length; 8192 with full checkpointing fits beside other jobs (~25 GiB)
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
 cp -r dvc.yaml params.yaml longctx stages tools "$WORK"/ && cd "$WORK" || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 
-python3 - "$SHAPE" "${SMOKE:-}" <<'EOF'
+python3 - "$SHAPE" "${SMOKE:-}" "$FT_SEQ" <<'EOF'
 import sys
 import yaml
 
@@ -31,6 +32,9 @@ p["method"], p["target_length"], p["recipe"] = "yarn", 131072, "none"
 p["data"].update(num_samples=4, max_tokens=32768, min_tokens=1024, embedded_min_fraction=0.9)
 p["train"].update(steps=3, mode="lora", seq_len=32768, lr=1e-4, gradient_checkpointing="selective",
                   keep_activations=20, liger=True, fused_ce=True, sdpa_backend="cudnn")
+if int(sys.argv[3]) != 32768:
+    p["train"].update(seq_len=int(sys.argv[3]), keep_activations=0)
+    p["data"]["max_tokens"] = int(sys.argv[3])
 p["train"]["lora"].update(r=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                            "up_proj", "down_proj"])
 e = p["eval"]
