@@ -175,9 +175,12 @@ def _yarn_rope(base, params, s):
     if rope_kind(base) == "yarn" and base.get("attention_factor") is not None:
         raise ValueError("method: yarn cannot rescale a base model whose yarn config fixes attention_factor "
                          f"({base['attention_factor']}): the temperature for the new factor is unknown. Use method: none")
-    return {**base, "rope_type": "yarn", "factor": base_factor(base) * s.factor,
-            "original_max_position_embeddings": base.get("original_max_position_embeddings") or s.native,
-            "beta_fast": params["beta_fast"], "beta_slow": params["beta_slow"]}
+    rope_params = {**base, "rope_type": "yarn", "factor": base_factor(base) * s.factor,
+                   "original_max_position_embeddings": base.get("original_max_position_embeddings") or s.native,
+                   "beta_fast": params["beta_fast"], "beta_slow": params["beta_slow"]}
+    if params.get("attention_factor"):  # transformers uses it as given instead of 0.1 ln(s) + 1
+        rope_params["attention_factor"] = params["attention_factor"]
+    return rope_params
 
 
 def _yarn_expected(base, params, s, seq_len):
@@ -185,7 +188,8 @@ def _yarn_expected(base, params, s, seq_len):
     inv, _ = rope.yarn_inv_freq(_dim(base, s.head_dim), base["rope_theta"], total,
                                 base.get("original_max_position_embeddings") or s.native, params["beta_fast"],
                                 params["beta_slow"], base.get("truncate", True))
-    return inv, rope.yarn_attention_factor(total, base.get("mscale"), base.get("mscale_all_dim"))
+    return inv, (params.get("attention_factor")
+                 or rope.yarn_attention_factor(total, base.get("mscale"), base.get("mscale_all_dim")))
 
 
 def _llama3_rope(base, params, s):
@@ -288,6 +292,16 @@ def frequency_method(name: str, params: dict) -> Method:
     return METHODS[params.get("frequency", name)] if METHODS[name].family == "position_ids" else METHODS[name]
 
 
+def frequency_params(name: str, params: dict) -> dict:
+    """The parameters of the entry whose frequencies ``name`` runs: its own, or for CREAM/PoSE/RandPos the
+    frequency method's defaults, with YaRN's ``attention_factor`` taken from the position-id method."""
+    freq = frequency_method(name, params)
+    if freq.name == name:
+        return params
+    shared = {"attention_factor": params["attention_factor"]} if freq.name == "yarn" and "attention_factor" in params else {}
+    return validate_method_params(freq.name, shared)
+
+
 def validate_method_params(name: str, params: dict | None) -> dict:
     """Fill defaults, convert types and check ranges; errors name the key ``methods.<name>.<key>``.
 
@@ -375,8 +389,7 @@ def build_extension(method: str, params: dict | None, target_length: int, native
         )
     freq = frequency_method(method, params)
     _refuse_scaled_base(method, base, freq.composes_with)
-    freq_params = params if freq.name == method else validate_method_params(freq.name, {})
-    rope_params = freq.rope(base, freq_params, scale)
+    rope_params = freq.rope(base, frequency_params(method, params), scale)
     # transformers' dynamic NTK scales against max_position_embeddings: keep it at the native window,
     # raising it to the target would silently switch the method off.
     max_pos = native_window if freq.name == "dynamic_ntk" else target_length
@@ -392,7 +405,7 @@ def build_extension(method: str, params: dict | None, target_length: int, native
         attention = {"method": "selfextend", "group_size": group, "window": params["window"],
                      "scale_base": params["scale_base"]}
     if info.family == "position_ids":
-        position_ids = {"method": method, **{k: v for k, v in params.items() if k != "frequency"}}
+        position_ids = {"method": method, **{k: v for k, v in params.items() if k not in ("frequency", "attention_factor")}}
     return Extension(method, params, native_window, target_length, rope_params, max_pos, attention, position_ids,
                      base_rope_parameters=base)
 
@@ -408,7 +421,7 @@ def expected_rope(ext: Extension, head_dim: int, seq_len: int | None = None) -> 
     if rope_kind(base) in ("none", "per_layer"):
         raise ValueError(f"expected_rope: the base RoPE is {rope_kind(base)!r}; compare per layer type in verify_rope")
     freq = frequency_method(ext.method, ext.params)
-    params = ext.params if freq.name == ext.method else validate_method_params(freq.name, {})
+    params = frequency_params(ext.method, ext.params)
     scale = Scale(ext.native_window, ext.target_length, head_dim, ext.max_position_embeddings)
     return freq.expected(base, params, scale, seq_len)
 

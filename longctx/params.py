@@ -238,6 +238,9 @@ class NoParams:
 class YarnParams:
     beta_fast: float = bounded(32.0, gt=0, le=1e6)  # YaRN Eq. 17-18 ramp bounds (in rotations)
     beta_slow: float = bounded(1.0, gt=0, le=1e6)
+    # YaRN's attention temperature, the cos/sin scale (logits x its square): 0 = the paper's 0.1 ln(s) + 1
+    # (Eq. 22); 1 = none. On the embedded model the paper's value costs passkey inside the window (docs/RESULTS.md)
+    attention_factor: float = bounded(0.0, ge=0, le=10)
 
     def check(self, where):
         if not self.beta_fast > self.beta_slow:
@@ -282,6 +285,14 @@ class PositionIdsParams:
     """Methods that change the position ids seen in fine-tuning (their family trains a short window)."""
 
     frequency: str = choice("yarn", FREQUENCY_FOR_POSITION_IDS)  # interpolation trained for (pi: docs/RESULTS.md)
+    # with frequency yarn: methods.yarn.attention_factor for the trained frequencies. Default 1 (no temperature):
+    # the paper's 1.1386 at s = 4 scored 4% passkey at 8k on the embedded model, 1 scored 94% (docs/RESULTS.md)
+    attention_factor: float = bounded(1.0, ge=0, le=10)
+
+    def check(self, where):
+        if self.frequency != "yarn" and self.attention_factor != 1.0:
+            raise ParamsError(f"{where}.attention_factor: applies to frequency yarn only (frequency is "
+                              f"{self.frequency}); leave it at 1 or set frequency: yarn")
 
 
 @dataclass

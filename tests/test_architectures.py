@@ -164,6 +164,8 @@ def reference_rope(arch, method, cfg, seq_len=None):
                    "low_freq_factor": 1.0, "high_freq_factor": 4.0},
         "dynamic_ntk": {"rope_type": "dynamic", "factor": s},
     }[freq]
+    if freq == "yarn" and METHODS[method].defaults.get("attention_factor"):  # cream/pose/randpos: no temperature
+        spelled["attention_factor"] = METHODS[method].defaults["attention_factor"]
     max_pos = NATIVE if freq == "dynamic_ntk" else TARGET
     return transformers_inv_freq(cfg, {"rope_theta": theta, "partial_rotary_factor": prf, **spelled}, max_pos,
                                  seq_len)

@@ -159,3 +159,16 @@ def test_rope_method_on_a_model_without_rope(tmp_path):
     with pytest.raises(ValueError, match="method: yarn needs a RoPE model"):
         make_extended_model(tmp_path / "gpt2", tmp_path / "out", "yarn", {}, 4096)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method,params,want", [("yarn", {"attention_factor": 1.0}, 1.0),
+                                                ("yarn", {}, None), ("cream", {}, 1.0)])
+def test_yarn_temperature_reaches_the_loaded_model(method, params, want, base_dir, tmp_path):
+    # The knob must survive save + load: the rotary embedding scales cos/sin by it (logits by its square).
+    from longctx.modeling import rotary_embedding
+
+    make_extended_model(base_dir, tmp_path / "ext", method, params, TARGET)
+    model = load_model(tmp_path / "ext", dtype="float32", device="cpu")
+    native = json.loads((base_dir / "native.json").read_text())["native_window"]
+    expected = want if want is not None else 0.1 * math.log(TARGET / native) + 1
+    assert rotary_embedding(model).attention_scaling == pytest.approx(expected)

@@ -186,6 +186,22 @@ def test_render_markdown_bold_and_ties():
     assert t["*base model*"]["ppl 4096"] == "9.00" and t["*base model*"]["passkey 4096"] == "—"
 
 
+def test_reach_section_best_run_per_method_and_notes():
+    # Issue 13: each method's best run at 2 x the native window against 90%, the notes that explain misses below.
+    m = lambda acc: {"passkey.16384.extended": acc, "passkey.16384.lo.extended": acc - 0.1,  # noqa: E731
+                     "passkey.16384.hi.extended": min(1.0, acc + 0.05), "info.native_window.extended": 8192}
+    rows = collect_rows([
+        _entry("a" * 40, "pi-a", "pi", m(0.0)), _entry("b" * 40, "pi-b", "pi", m(0.2)),
+        _entry("c" * 40, "abf", "abf", m(0.98)),
+    ])
+    md = render_markdown(rows, notes="PI needs 260 x the budget (measured).")
+    section = md.split("## Reaching 2 × the native window (16384 tokens)")[1].split("\n## ")[0]
+    lines = [l for l in section.splitlines() if l.startswith("| ") and "method" not in l]
+    assert lines == ["| abf | `abf` | 0 | 98% [88–100] | yes |", "| pi | `pi-b` | 0 | 20% [10–25] | **no** |"]
+    assert section.strip().endswith("PI needs 260 x the budget (measured).")
+    assert "Reaching" not in render_markdown(collect_rows([_entry("d" * 40, "x", "pi", {"passkey.4096.extended": 1})]))
+
+
 # --------------------------------------------------------------------------- real DVC repo
 
 

@@ -109,3 +109,37 @@ def test_entropy_factor_formula():
     assert torch.allclose(got, want, rtol=1e-6)
     assert (got[:4] == 1).all()  # inside the window logits are untouched
     assert got[-1].item() == pytest.approx(math.log(65536) / math.log(4096))  # = 4/3 at 16x
+
+
+@pytest.mark.parametrize("attention_factor", [1.0, 1.05])
+def test_yarn_attention_factor_knob_matches_transformers(attention_factor):
+    # methods.yarn.attention_factor: written to rope_parameters, where transformers uses it as given.
+    ext = build_extension("yarn", {"attention_factor": attention_factor}, 4 * NATIVE, NATIVE, 10000.0, 64)
+    assert ext.rope_parameters["attention_factor"] == attention_factor
+    ours, our_scale = expected_rope(ext, 64)
+    ref, ref_scale = transformers_rope(ext.rope_parameters, 64, ext.max_position_embeddings)
+    assert torch.allclose(ours, ref, rtol=1e-6, atol=1e-12)
+    assert our_scale == pytest.approx(attention_factor) and ref_scale == pytest.approx(attention_factor)
+    # the frequencies do not depend on the temperature
+    paper = build_extension("yarn", {}, 4 * NATIVE, NATIVE, 10000.0, 64)
+    assert "attention_factor" not in paper.rope_parameters
+    assert torch.equal(expected_rope(paper, 64)[0], ours)
+    assert expected_rope(paper, 64)[1] == pytest.approx(0.1 * math.log(4.0) + 1)  # YaRN Eq. 22
+
+
+@pytest.mark.parametrize("method", ["cream", "pose", "randpos"])
+def test_position_id_methods_train_yarn_without_temperature_by_default(method):
+    ext = build_extension(method, {}, 4 * NATIVE, NATIVE, 10000.0, 64)
+    _, scale = expected_rope(ext, 64)
+    assert scale == 1.0 and ext.rope_parameters["attention_factor"] == 1.0
+    assert "attention_factor" not in ext.position_ids  # a frequency setting, not a position-id one
+    paper = build_extension(method, {"attention_factor": 0}, 4 * NATIVE, NATIVE, 10000.0, 64)
+    assert expected_rope(paper, 64)[1] == pytest.approx(0.1 * math.log(4.0) + 1)
+    ref, ref_scale = transformers_rope(paper.rope_parameters, 64, paper.max_position_embeddings)
+    assert ref_scale == pytest.approx(0.1 * math.log(4.0) + 1)
+
+
+def test_position_ids_attention_factor_needs_yarn_frequency():
+    with pytest.raises(ValueError, match="methods.cream.attention_factor: applies to frequency yarn only"):
+        build_extension("cream", {"frequency": "pi", "attention_factor": 1.2}, 4 * NATIVE, NATIVE, 10000.0, 64)
+    build_extension("cream", {"frequency": "pi"}, 4 * NATIVE, NATIVE, 10000.0, 64)  # the default 1 is fine

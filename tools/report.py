@@ -32,15 +32,18 @@ def main(argv=None) -> None:
                    help="experiment folders (params.yaml + metrics file each) instead of `dvc exp show`")
     p.add_argument("--exp-json", nargs="+", metavar="FILE", default=None,
                    help="saved `dvc exp show --json` outputs (e.g. from several GPU-host runs), joined")
+    p.add_argument("--notes", metavar="FILE", default=None,
+                   help="Markdown placed under the 'Reaching 2 x the native window' table (why methods miss it)")
     a = p.parse_args(argv)
+    notes = Path(a.notes).read_text() if a.notes else None
     show, source = None, None
     if a.summaries:
         show, source = summaries_as_show(a.summaries, a.metrics_file), f"{len(a.summaries)} experiment folders"
     elif a.exp_json:
         show = [entry for f in a.exp_json for entry in json.loads(Path(f).read_text())]
-        source = "dvc exp show --json saved in " + ", ".join(f"`{Path(f).name}`" for f in a.exp_json)
+        source = "dvc exp show --json saved in " + ", ".join(str(f) for f in a.exp_json)
     report = write_report(a.out, a.repo, a.revs, a.all_commits, a.all_branches, a.all_tags,
-                          a.include_workspace, a.metrics_file, show=show, source=source)
+                          a.include_workspace, a.metrics_file, show=show, source=source, notes=notes)
     print(f"report: {report}")
 
 
