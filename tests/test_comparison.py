@@ -359,7 +359,8 @@ def test_report_cli_joins_saved_exp_show_json(tmp_path):
     cli.main(["--exp-json", *map(str, files), "--out", str(tmp_path / "out")])
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| yarn-0 | 0000000 | yarn |" in md and "| pose-0 | 1111111 | pose |" in md
-    assert "`call0.json`, `call1.json`" in md
+    saved_in = md.split("saved in ")[1].split("`")[0]  # the joined files, as given on the command line
+    assert "call0.json, " in saved_in and saved_in.endswith("call1.json")
 
 
 def test_report_states_the_claims(tmp_path):
