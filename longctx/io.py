@@ -50,7 +50,7 @@ def atomic_savefig(fig, path: str | Path, dpi: int = 110) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=dpi)
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")  # a legend outside the axes is never cut off
         os.replace(tmp, path)
     finally:
         plt.close(fig)

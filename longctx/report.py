@@ -474,6 +474,8 @@ def lengthless_section(rows: list[dict]) -> list[str]:
 CLAIM_BUDGET = 100  # "fine-tuning on about 100 samples" (Entropy-ABF, arXiv 2401.07004)
 FLAT_PPL = 1.2  # "flat perplexity": perplexity at 4 x window within 1.2 x its value at the window
 MIDDLE = (0.25, 0.75)  # CREAM's "middle" of the context (arXiv 2406.07138): depths in this range
+# 9 markers against matplotlib's 10 default colours: a (colour, marker) pair repeats only after 90 lines
+MARKERS = "osD^v<>ph"
 REACH = 0.9  # issue 13: every method should reach this passkey accuracy at 2 x the native window
 
 
@@ -705,6 +707,15 @@ def _log_ppl(ax) -> None:
     ax.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
+def _legend_columns(entries: int) -> int:
+    return max(1, math.ceil(entries / 14))
+
+
+def _legend(ax, entries: int) -> None:
+    """Legend right of the axes, one column per 14 entries (a 22-run headline stays readable)."""
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=_legend_columns(entries))
+
+
 def plot_by_method(rows: list[dict], task: str, path: str | Path) -> bool:
     """One line per row (extended model) vs length, 95% intervals as error bars; base dashed grey. False if no data."""
     series = []
@@ -718,7 +729,7 @@ def plot_by_method(rows: list[dict], task: str, path: str | Path) -> bool:
                           and k.model == "base")) for r in rows}
     bases.discard(())
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7 + 3.5 * (_legend_columns(len(series) + 1) - 1), 4))  # room for the legend
     for i, pts in enumerate(sorted(bases)):
         ax.plot(*zip(*pts), "--", color="grey", zorder=3, label="base model" if i == 0 else None)
     for i, (r, pts) in enumerate(series):  # markers cycle too, so >10 lines stay distinguishable
@@ -729,7 +740,7 @@ def plot_by_method(rows: list[dict], task: str, path: str | Path) -> bool:
         if all(v is not None for v in los + his):
             err = [[y - lo for y, lo in zip(ys, los)], [hi - y for y, hi in zip(ys, his)]]
         dodge = 2 ** (0.025 * (i - (len(series) - 1) / 2))  # spread the error bars apart a little (log x)
-        ax.errorbar([x * dodge for x in xs], ys, yerr=err, fmt="-", marker="osD^v<>ph*"[i % 10], capsize=3,
+        ax.errorbar([x * dodge for x in xs], ys, yerr=err, fmt="-", marker=MARKERS[i % len(MARKERS)], capsize=3,
                     label=_label(r))
     _log2_lengths(ax, sorted({n for _, pts in series for n, _ in pts}))
     if task in LOWER_IS_BETTER:
@@ -737,7 +748,7 @@ def plot_by_method(rows: list[dict], task: str, path: str | Path) -> bool:
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel(task_label(task))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _legend(ax, len(series) + bool(bases))
     fig.tight_layout()
     atomic_savefig(fig, path)
     return True
@@ -760,13 +771,13 @@ def plot_ppl_by_position(rows: list[dict], path: str | Path) -> bool:
         for i, r in enumerate(rows):
             ys = [get(r, "ppl", length, detail=b) for b in buckets]
             if all(y is not None for y in ys):
-                ax.plot(xs, ys, "-", marker="osD^v<>ph*"[i % 10], label=_label(r))
+                ax.plot(xs, ys, "-", marker=MARKERS[i % len(MARKERS)], label=_label(r))
         ax.set_title(f"{length} tokens")
         ax.set_xlabel("token position (bucket centre)")
         ax.grid(alpha=0.3)
     _log_ppl(axes[0][0])
     axes[0][0].set_ylabel("perplexity")
-    axes[0][-1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _legend(axes[0][-1], len(axes[0][-1].get_legend_handles_labels()[0]))
     fig.tight_layout()
     atomic_savefig(fig, path)
     return True
@@ -783,7 +794,7 @@ def plot_data_efficiency(rows: list[dict], path: str | Path) -> bool:
     plt = _pyplot()
     fig, (ax_len, ax_ppl) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (method, pts) in enumerate(points.items()):
-        marker = "osD^v<>ph*"[i % 10]
+        marker = MARKERS[i % len(MARKERS)]
         eff = [(b, e) for b, e, _ in pts if e is not None]
         ppl = [(b, p) for b, _, p in pts if p is not None]
         if eff:
@@ -803,7 +814,7 @@ def plot_data_efficiency(rows: list[dict], path: str | Path) -> bool:
     if any(p is not None for pts in points.values() for _, _, p in pts):
         _log_ppl(ax_ppl)
     legend_ax = ax_ppl if ax_ppl.get_legend_handles_labels()[0] else ax_len
-    legend_ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _legend(legend_ax, len(legend_ax.get_legend_handles_labels()[0]))
     fig.tight_layout()
     atomic_savefig(fig, path)
     return True
