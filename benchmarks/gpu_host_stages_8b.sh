@@ -16,7 +16,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/stages_8b_out}
 WORK=${WORK:-/tmp/stages_8b}
 SHAPE=${SHAPE:-shape:mistral-7b}
-FT_SEQ=${FT_SEQ:-32768}   # the LoRA step's length; 8192 with full checkpointing fits beside other jobs (~25 GiB)
+FT_SEQ=${FT_SEQ:-32768}   # the LoRA step's length; shorter ones train with full checkpointing (memory not measured)
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
 cp -r dvc.yaml params.yaml longctx stages tools "$WORK"/ && cd "$WORK" || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1

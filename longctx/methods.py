@@ -298,8 +298,9 @@ def frequency_params(name: str, params: dict) -> dict:
     freq = frequency_method(name, params)
     if freq.name == name:
         return params
-    shared = {"attention_factor": params["attention_factor"]} if freq.name == "yarn" and "attention_factor" in params else {}
-    return validate_method_params(freq.name, shared)
+    if freq.name == "yarn" and "attention_factor" in params:  # older extension.json files lack it: the paper's value
+        return validate_method_params("yarn", {"attention_factor": params["attention_factor"]})
+    return validate_method_params(freq.name, {})
 
 
 def validate_method_params(name: str, params: dict | None) -> dict:

@@ -728,8 +728,9 @@ def plot_by_method(rows: list[dict], task: str, path: str | Path) -> bool:
     bases = {tuple(sorted((k.length, v) for k, v in r["metrics"].items() if k.task == task and k.is_cell
                           and k.model == "base")) for r in rows}
     bases.discard(())
+    entries = len(series) + bool(bases)  # legend entries: one per run, plus the base model
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7 + 3.5 * (_legend_columns(len(series) + 1) - 1), 4))  # room for the legend
+    fig, ax = plt.subplots(figsize=(7 + 3.5 * (_legend_columns(entries) - 1), 4))  # room for the legend
     for i, pts in enumerate(sorted(bases)):
         ax.plot(*zip(*pts), "--", color="grey", zorder=3, label="base model" if i == 0 else None)
     for i, (r, pts) in enumerate(series):  # markers cycle too, so >10 lines stay distinguishable
@@ -748,7 +749,7 @@ def plot_by_method(rows: list[dict], task: str, path: str | Path) -> bool:
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel(task_label(task))
     ax.grid(alpha=0.3)
-    _legend(ax, len(series) + bool(bases))
+    _legend(ax, entries)
     fig.tight_layout()
     atomic_savefig(fig, path)
     return True

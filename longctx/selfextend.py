@@ -345,8 +345,8 @@ def _selfextend_blockwise(
 
 DECODE_MODES = ("eager", "sdpa")
 # How the decode step runs: "eager" = :func:`_decode_step` (the reference and the default), "sdpa" = the two parts
-# through fused attention kernels (:func:`_decode_step_sdpa`; unmasked steps only, others run eager; not yet measured
-# on a GPU). A torch.compile'd step was measured and removed: 17.6 tokens/s after an 8.6 s compile against eager's
+# through fused attention kernels (:func:`_decode_step_sdpa`; unmasked steps only, others run eager; slower on the
+# H200: 14.3 against eager's 18.8 tokens/s, ninth run). A torch.compile'd step was measured and removed: 17.6 tokens/s after an 8.6 s compile against eager's
 # 18.8 (H200, Mistral-7B shape, 32k cache; docs/RESULTS.md, eighth run).
 DECODE_MODE = os.environ.get("LONGCTX_SELFEXTEND_DECODE", "eager")
 
@@ -360,8 +360,9 @@ def _selfextend_decode(query, key, value, position_ids, attention_mask, scaling,
     step is bound by GPU work on an H200, not by kernel launches (profile in docs/RESULTS.md, eighth run): its batched
     products of 4 query rows against a 32k cache run in cuBLAS's small-N kernels at ~1 ms per layer. Mode ``sdpa``
     is what that profile calls for: both parts through the fused kernel plain decoding uses, merged by log-sum-exp
-    (tested on the CPU, not yet measured on a GPU, so not the default). A further step: keep the grouped keys
-    rotated in a second cache (rotated once, when a key enters it) instead of re-rotating the grouped slice.
+    (docs/RESULTS.md, ninth run: it cuts the step's GPU time from 43 to 28 ms, but the step is then bound by the
+    host, 14.3 against 18.8 tokens/s, so it is not the default). What is left is host overhead: a captured step
+    (static cache + CUDA graph), and keeping the grouped keys rotated in a second cache instead of re-rotating them.
     """
     mode = DECODE_MODE if mode is None else mode
     if mode not in DECODE_MODES:

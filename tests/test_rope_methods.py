@@ -143,3 +143,14 @@ def test_position_ids_attention_factor_needs_yarn_frequency():
     with pytest.raises(ValueError, match="methods.cream.attention_factor: applies to frequency yarn only"):
         build_extension("cream", {"frequency": "pi", "attention_factor": 1.2}, 4 * NATIVE, NATIVE, 10000.0, 64)
     build_extension("cream", {"frequency": "pi"}, 4 * NATIVE, NATIVE, 10000.0, 64)  # the default 1 is fine
+
+
+def test_position_id_extension_saved_before_the_knob_keeps_the_paper_temperature():
+    # An extension.json written before methods.cream.attention_factor existed has no such key; its config's
+    # rope_parameters had no attention_factor either, so transformers runs the paper's value: verify_rope must agree.
+    ext = build_extension("cream", {}, 4 * NATIVE, NATIVE, 10000.0, 64)
+    ext.params = {k: v for k, v in ext.params.items() if k != "attention_factor"}
+    ext.rope_parameters = {k: v for k, v in ext.rope_parameters.items() if k != "attention_factor"}
+    ours = expected_rope(ext, 64)[1]
+    _, ref = transformers_rope(ext.rope_parameters, 64, ext.max_position_embeddings)
+    assert ours == pytest.approx(0.1 * math.log(4.0) + 1) and ref == pytest.approx(ours)
