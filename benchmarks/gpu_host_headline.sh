@@ -105,10 +105,10 @@ fi
 # Queue, in priority order: "name override ..." (each override a `-S key=value`).
 EXPS=()
 add() { EXPS+=("$*"); }
-trained() {  # trained NAME METHOD RECIPE GRAD_ACCUM: steps capped; a recipe's warm-up (pi, yarn, pose) set to 0
+trained() {  # trained NAME METHOD RECIPE GRAD_ACCUM [OVERRIDE ...]: steps capped; a recipe's warm-up (pi, yarn, pose) 0
   local warmup=""
   case $3 in pi|yarn|pose) warmup="recipes.$3.train.warmup_steps=0" ;; esac
-  add "$1 method=$2 recipe=$3 recipes.$3.train.steps=$STEPS recipes.$3.train.grad_accum=$4 $warmup"
+  add "$1 method=$2 recipe=$3 recipes.$3.train.steps=$STEPS recipes.$3.train.grad_accum=$4 $warmup ${*:5}"
 }
 if [ "$TINY" = 1 ]; then
   add "none method=none train.steps=0"
@@ -124,17 +124,30 @@ else
   trained entropy_abf-$B entropy_abf entropy_abf "$GA"
   trained pi-$B pi pi "$GA"
   trained yarn-$B yarn yarn "$GA"
-  trained cream-$B cream cream_chat "$GA"
-  trained pose-$B pose pose "$GA"
-  trained randpos-$B randpos pose "$GA"
+  # CREAM, PoSE and RandPos train on YaRN's frequencies without its temperature since the ninth run
+  # (methods.<m>.attention_factor: 1): "-t1" keeps their names apart from the runs before it.
+  trained cream-$B-t1 cream cream_chat "$GA"
+  trained pose-$B-t1 pose pose "$GA"
+  trained randpos-$B-t1 randpos pose "$GA"
+  # YaRN without its attention temperature (docs/RESULTS.md, ninth run: the paper's costs in-window passkey)
+  trained yarn-$B-t1 yarn yarn "$GA" methods.yarn.attention_factor=1
+  add "yarn-0-t1 method=yarn train.steps=0 methods.yarn.attention_factor=1"
   # Budget 0: the method training-free (budget = steps x batch x grad_accum = 0 whatever the recipe; the
   # report draws one line per method, so recipe none is on the same line and skips preparing its data).
-  for m in abf entropy_abf yarn cream pose; do add "$m-0 method=$m train.steps=0"; done
+  for m in abf entropy_abf yarn; do add "$m-0 method=$m train.steps=0"; done
+  for m in cream pose; do add "$m-0-t1 method=$m train.steps=0"; done
   trained abf-$b abf entropy_abf "$GA_SMALL"
   trained entropy_abf-$b entropy_abf entropy_abf "$GA_SMALL"
   trained yarn-$b yarn yarn "$GA_SMALL"
-  trained cream-$b cream cream_chat "$GA_SMALL"
-  trained pose-$b pose pose "$GA_SMALL"
+  trained cream-$b-t1 cream cream_chat "$GA_SMALL"
+  trained pose-$b-t1 pose pose "$GA_SMALL"
+  # Budget ~10^3 (32 steps x 32; the 8k recipes only: 8-24 x the 96-sequence runs' tokens). CREAM's 1024 dialogues
+  # are distinct (the chitchat corpus holds 2358), PoSE's documents repeat (~400 windows of 8k: 2.6 epochs).
+  for spec in "cream cream_chat" "pose pose" "randpos pose"; do
+    read -r m r <<<"$spec"
+    add "$m-1024-t1 method=$m recipe=$r recipes.$r.train.steps=32 recipes.$r.train.grad_accum=32" \
+        "$([ "$r" = pose ] && echo recipes.pose.train.warmup_steps=0 || echo recipes.cream_chat.data.num_samples=1024)"
+  done
 fi
 
 if [ -n "${HEADLINE_ONLY:-}" ]; then  # a subset, e.g. the budget-24 points in a second call

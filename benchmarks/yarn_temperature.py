@@ -30,16 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks.trainfree_probe import DEPTHS, measure  # noqa: E402  (one passkey + perplexity probe)
 from longctx.base_model import materialize_base_model  # noqa: E402
-from longctx.evaluation.passkey import generate_passkey  # noqa: E402
-from longctx.evaluation.perplexity import generate_perplexity, token_nll  # noqa: E402
-from longctx.evaluation.scoring import score_samples  # noqa: E402
-from longctx.evaluation.stats import wilson_interval  # noqa: E402
 from longctx.modeling import load_model, load_tokenizer, make_extended_model, native_record, rotary_embedding  # noqa: E402
 from longctx.rope import yarn_attention_factor  # noqa: E402
-
-DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
-
 
 def temperature(mode: str, length: int, native: int, target: int) -> float:
     if mode == "paper":
@@ -49,18 +43,6 @@ def temperature(mode: str, length: int, native: int, target: int) -> float:
     if mode == "by_length":
         return yarn_attention_factor(max(1.0, length / native))
     raise ValueError(f"--temperatures: unknown {mode!r}; allowed: paper, off, by_length")
-
-
-def measure(model, tokenizer, length: int, samples: int, batch_size: int, chat: bool) -> dict:
-    items = [s for d in DEPTHS for s in generate_passkey(tokenizer, length, d, samples, 1234, chat)]
-    correct = score_samples(model, items, batch_size, desc=f"passkey {length}")
-    k, n = sum(correct), len(correct)
-    lo, hi = wilson_interval(k, n)
-    by_depth = {str(d): sum(c for c, s in zip(correct, items) if s.depth == d) / samples for d in DEPTHS}
-    window = generate_perplexity(tokenizer, length, 1234)[0]
-    nll = token_nll(model, torch.tensor([window.input_ids], device=next(model.parameters()).device))
-    return {"passkey": k / n, "n": n, "lo": round(lo, 3), "hi": round(hi, 3), "by_depth": by_depth,
-            "ppl": round(math.exp(nll.mean().item()), 3)}
 
 
 def main() -> None:

@@ -349,6 +349,11 @@ class Extension:
         return cls(**d)
 
 
+def selfextend_default_window(native: int) -> int:
+    """``methods.selfextend.window: 0``: a quarter of the native window (at least 1)."""
+    return max(1, native // 4)
+
+
 def selfextend_group_size(native: int, window: int, target: int) -> int:
     """Smallest G with usable length (L - W) * G + W >= T (SelfExtend, arXiv 2401.01325, Sec. 3)."""
     return max(1, math.ceil((target - window) / (native - window)))
@@ -398,12 +403,15 @@ def build_extension(method: str, params: dict | None, target_length: int, native
     if method == "entropy_abf":
         attention = {"method": "entropy_abf", "native_window": native_window, "skip_layers": params["skip_layers"]}
     if method == "selfextend":
-        check_selfextend_params(params["group_size"] or None, params["window"], params["scale_base"], native_window)
-        group = params["group_size"] or selfextend_group_size(native_window, params["window"], target_length)
-        check_selfextend_params(group, params["window"], params["scale_base"], native_window)
-        check_selfextend_target(native_window, group, params["window"], target_length)
-        params = {**params, "group_size": group}
-        attention = {"method": "selfextend", "group_size": group, "window": params["window"],
+        # window 0 = a quarter of the native window (2048 for an 8k model: better than 1024 at every length on
+        # the embedded model, docs/RESULTS.md "Tenth run"); group 0 = the smallest that covers the target.
+        window = params["window"] or selfextend_default_window(native_window)
+        check_selfextend_params(params["group_size"] or None, window, params["scale_base"], native_window)
+        group = params["group_size"] or selfextend_group_size(native_window, window, target_length)
+        check_selfextend_params(group, window, params["scale_base"], native_window)
+        check_selfextend_target(native_window, group, window, target_length)
+        params = {**params, "group_size": group, "window": window}
+        attention = {"method": "selfextend", "group_size": group, "window": window,
                      "scale_base": params["scale_base"]}
     if info.family == "position_ids":
         position_ids = {"method": method, **{k: v for k, v in params.items() if k not in ("frequency", "attention_factor")}}

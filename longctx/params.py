@@ -272,11 +272,11 @@ class EntropyAbfParams(AbfParams):
 @dataclass
 class SelfExtendParams:
     group_size: int = bounded(0, ge=0, le=MAX_LENGTH)  # 0 = smallest group whose usable length covers target
-    window: int = bounded(1024, ge=1, le=MAX_LENGTH)  # neighbour window W
+    window: int = bounded(0, ge=0, le=MAX_LENGTH)  # neighbour window W; 0 = native window / 4 (docs/RESULTS.md, tenth run)
     scale_base: int = bounded(0, ge=0, le=MAX_LENGTH)  # 0 = off; else log-scaling of queries past this length
 
     def check(self, where):
-        if self.group_size and self.window < self.group_size:
+        if self.group_size and self.window and self.window < self.group_size:
             raise ParamsError(f"{where}.window: must be >= group_size ({self.group_size}), got {self.window}")
 
 

@@ -147,6 +147,7 @@ def _row(entry: dict, kind: str, baseline: str | None, state: str | None, metric
         "baseline": baseline,
         "state": state,  # experiments only: DVC executor state (queued, running, failed, ...) or None
         "params": {k: _lookup(used, k) for k in param_keys},
+        "method_params": dict((used.get("methods") or {}).get(used.get("method")) or {}),
         "budget": training_budget(params),
         "target_length": _lookup(params, "target_length"),
         "metrics": metrics,
@@ -586,8 +587,23 @@ def efficiency_ppl_length(rows: list[dict]) -> int | None:
     return max(shared)
 
 
+def method_variant(row: dict, rows: list[dict]) -> str:
+    """The row's method, with those of its ``methods.<method>`` parameters that differ between the method's runs
+    in ``rows``, e.g. ``yarn (attention_factor=1)``; a key a run's params lack (an export older than the key)
+    shows as ``unset``. One line per variant in the data-efficiency view, so two settings never share a line."""
+    method = row["params"].get("method")
+    same = [r for r in rows if r["params"].get("method") == method]
+    keys = sorted({k for r in same for k in r.get("method_params", {})})
+    varying = [k for k in keys if len({repr(r.get("method_params", {}).get(k, "unset")) for r in same}) > 1]
+    if not varying:
+        return fmt_param(method)
+    values = ", ".join(f"{k}={fmt_param(row.get('method_params', {}).get(k, 'unset'))}" for k in varying)
+    return f"{fmt_param(method)} ({values})"
+
+
 def efficiency_points(rows: list[dict]) -> dict[str, list[tuple[int, float | None, float | None]]]:
-    """{method: [(budget, effective length, perplexity at ``efficiency_ppl_length``), ...] sorted by budget}."""
+    """{method variant: [(budget, effective length, perplexity at ``efficiency_ppl_length``), ...] sorted by
+    budget}; a method run with different parameters of its own is one line per setting (:func:`method_variant`)."""
     task = efficiency_task(rows)
     ppl_length = efficiency_ppl_length(rows)
     out: dict[str, list] = {}
@@ -598,7 +614,7 @@ def efficiency_points(rows: list[dict]) -> dict[str, list[tuple[int, float | Non
         ppl = get(r, "ppl", ppl_length) if ppl_length else None
         if eff is None and ppl is None:
             continue
-        out.setdefault(fmt_param(r["params"].get("method")), []).append((r["budget"], eff, ppl))
+        out.setdefault(method_variant(r, rows), []).append((r["budget"], eff, ppl))
     return {m: sorted(pts, key=lambda p: p[0]) for m, pts in sorted(out.items())}
 
 
@@ -793,7 +809,7 @@ def plot_data_efficiency(rows: list[dict], path: str | Path) -> bool:
         return False
     task = efficiency_task(rows)
     plt = _pyplot()
-    fig, (ax_len, ax_ppl) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_len, ax_ppl) = plt.subplots(1, 2, figsize=(14, 4.5))
     for i, (method, pts) in enumerate(points.items()):
         marker = MARKERS[i % len(MARKERS)]
         eff = [(b, e) for b, e, _ in pts if e is not None]
@@ -804,7 +820,7 @@ def plot_data_efficiency(rows: list[dict], path: str | Path) -> bool:
             ax_ppl.plot(*zip(*ppl), "-", marker=marker, label=method)
     for ax in (ax_len, ax_ppl):
         ax.set_xscale("symlog", linthresh=1)
-        ax.set_xlabel("fine-tuning budget (sequences = steps × batch × grad_accum)")
+        ax.set_xlabel("fine-tuning budget (sequences)")  # defined in the section text
         ax.grid(alpha=0.3)
     reached = sorted({int(e) for pts in points.values() for _, e, _ in pts if e is not None})
     ax_len.set_yticks(reached, [str(n) for n in reached])  # linear: 0 (never reached) stays on the axis

@@ -205,3 +205,20 @@ def entropy_attention_factor(position: torch.Tensor, native: int) -> torch.Tenso
     logits inside it untouched.
     """
     return torch.clamp(torch.log(position.to(torch.float32) + 1) / math.log(native), min=1.0)
+
+
+def critical_reach(base_inv_freq: torch.Tensor, inv_freq: torch.Tensor, native: int) -> float | None:
+    """How far a frequency change stretches the *critical* RoPE dimensions (Liu et al., arXiv 2310.05209, Sec. 3).
+
+    A pair whose wavelength ``2 pi / theta_i`` exceeds the native window L never turned a full period in
+    training, so it only knows the angles ``p * theta_i`` for p < L. With new speeds ``theta'_i`` it stays inside
+    them up to position ``L * theta_i / theta'_i``; the reach is the smallest of these over the critical pairs
+    (None when no pair is critical). PI and YaRN divide those speeds by s (reach s * L); NTK-aware scaling by
+    ``s^(2i / (d - 2))`` for pair i (Eq. in ``ntk_base``), less than s for all but the last pair, so its reach
+    falls short of s * L. Used by ``benchmarks/trainfree_probe.py`` to explain passkey misses past the window.
+    """
+    base, new = base_inv_freq.double().cpu(), inv_freq.double().cpu()
+    critical = 2 * math.pi / base > native
+    if not critical.any():
+        return None
+    return float((native * base[critical] / new[critical]).min())

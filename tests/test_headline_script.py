@@ -35,12 +35,17 @@ def test_every_gpu_experiment_has_valid_params_and_its_budget(tmp_path):
     proc, after = dry_run(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if " budget " in line}
-    assert len(lines) == 22 and "22 experiments, params valid" in proc.stdout
-    for name in ("abf-96", "entropy_abf-96", "pi-96", "yarn-96", "cream-96", "pose-96", "randpos-96"):
-        assert "budget   96 = 3 x 1 x 32" in lines[name]
+    assert len(lines) == 27 and "27 experiments, params valid" in proc.stdout
+    t1 = ("cream", "pose", "randpos")  # YaRN frequencies without the temperature: named -t1
+    for name in ("abf", "entropy_abf", "pi", "yarn", "cream", "pose", "randpos"):
+        assert "budget   96 = 3 x 1 x 32" in lines[f"{name}-96" + ("-t1" if name in t1 else "")]
     for name in ("abf", "entropy_abf", "yarn", "cream", "pose"):  # the data-efficiency sweep: 0, 24, 96
-        assert "budget    0" in lines[f"{name}-0"] and "budget   24" in lines[f"{name}-24"]
-    assert "seq_len 32768" in lines["pi-96"] and "seq_len 8192" in lines["pose-96"]
+        suffix = "-t1" if name in t1 else ""
+        assert "budget    0" in lines[f"{name}-0{suffix}"] and "budget   24" in lines[f"{name}-24{suffix}"]
+    assert "budget   96" in lines["yarn-96-t1"] and "budget    0" in lines["yarn-0-t1"]
+    for name in t1:  # the ~10^3 point of the 8k recipes
+        assert "budget 1024 = 32 x 1 x 32, seq_len 8192" in lines[f"{name}-1024-t1"]
+    assert "seq_len 32768" in lines["pi-96"] and "seq_len 8192" in lines["pose-96-t1"]
     assert after == before  # the dry run restores params.yaml and touches no git state
     assert not (tmp_path / ".git").exists()
 

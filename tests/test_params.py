@@ -75,7 +75,7 @@ BAD = [
     ("eval.tasks", ["x"], r"eval.tasks: unknown key"),
     ("model.dtype", "int8", r"model.dtype: 'int8' is not allowed"),
     ("model.name_or_path", "./does/not/exist", r"model.name_or_path: ./does/not/exist does not exist"),
-    ("methods.selfextend.window", 0, r"methods.selfextend.window: must be in \[1, 16777216\], got 0"),
+    ("methods.selfextend.window", -1, r"methods.selfextend.window: must be in \[0, 16777216\], got -1"),
     ("methods.cream.frequency", "llama3", r"methods.cream.frequency: 'llama3' is not allowed; allowed: pi, ntk, yarn"),
     ("methods.cream.p_continuity", 2, r"methods.cream.p_continuity: must be in \[0, 1\]"),
     ("methods.pose.num_chunks", 1, r"methods.pose.num_chunks: must be in \[2, 1024\], got 1"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from longctx.evaluation.metric_key import MetricKey
-from longctx.report import collect_rows, columns, main_metrics, render_markdown, write_report
+from longctx.report import collect_rows, columns, main_metrics, method_variant, render_markdown, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -254,3 +254,18 @@ def test_cli(exp_repo, tmp_path):
     t = table((out / "report.md").read_text())
     assert t["workspace"]["method"] == "abf" and "exp-pi" in t
     assert (out / "passkey_by_method.png").stat().st_size > 0 and (out / "ppl_by_method.png").stat().st_size > 0
+
+
+def test_method_variant_names_only_the_method_params_that_differ():
+    """One data-efficiency line per setting: yarn runs with and without the temperature stay apart, an export
+    older than a key says ``unset``, and a method run with one setting keeps its bare name."""
+    def row(method, **method_params):
+        return {"params": {"method": method}, "method_params": method_params}
+    old = row("yarn", beta_fast=32.0)
+    paper, none = row("yarn", beta_fast=32.0, attention_factor=0), row("yarn", beta_fast=32.0, attention_factor=1)
+    abf = row("abf", rope_theta=0)
+    rows = [old, paper, none, abf, row("abf", rope_theta=0)]
+    assert method_variant(none, rows) == "yarn (attention_factor=1)"
+    assert method_variant(paper, rows) == "yarn (attention_factor=0)"
+    assert method_variant(old, rows) == "yarn (attention_factor=unset)"
+    assert method_variant(abf, rows) == "abf"

@@ -154,3 +154,19 @@ def test_position_id_extension_saved_before_the_knob_keeps_the_paper_temperature
     ours = expected_rope(ext, 64)[1]
     _, ref = transformers_rope(ext.rope_parameters, 64, ext.max_position_embeddings)
     assert ours == pytest.approx(0.1 * math.log(4.0) + 1) and ref == pytest.approx(ours)
+
+
+def test_critical_reach_matches_the_closed_forms():
+    """Reach of the pairs that never turned a full period in the window (arXiv 2310.05209): L for plain RoPE,
+    s * L for PI, and L * s^(2c / (d - 2)) for NTK-aware scaling, c the first critical pair (theta_i scaled by
+    s^(-2i / (d - 2)))."""
+    d, base, native, s = 64, 1e5, 8192, 4.0
+    plain = rope.default_inv_freq(d, base)
+    c = min(i for i in range(d // 2) if 2 * math.pi * base ** (2 * i / d) > native)
+    assert rope.critical_reach(plain, plain, native) == pytest.approx(native)
+    assert rope.critical_reach(plain, rope.pi_inv_freq(d, base, s)[0], native) == pytest.approx(s * native)
+    ntk = rope.critical_reach(plain, rope.ntk_inv_freq(d, base, s)[0], native)
+    assert ntk == pytest.approx(native * s ** (2 * c / (d - 2)), rel=1e-6)
+    assert c == 20 and round(ntk) == 20036 < s * native  # the embedded model: NTK x4 reaches ~20k, not 32k
+    small = rope.default_inv_freq(8, 10.0)  # every wavelength < 100 tokens: no critical pair
+    assert rope.critical_reach(small, small, 100) is None
