@@ -264,8 +264,11 @@ $DVC queue status | tail -n +1 | head -40
 DEADLINE=$(( T0 + BUDGET_S - 45 ))   # 45 s kept for exp show + report
 count() { awk -v s="$1" '$NF == s' <<<"$STATUS" | wc -l; }
 say "dvc queue start -j $JOBS; deadline in $(( DEADLINE - $(date +%s) ))s"
+# The workers are daemons: started with this script's output (a pipe into tee) they would hold it open after the
+# script ends, and a caller reading that output (`... | tail`) would hang until its own timeout (tenth run).
+start_workers() { $DVC queue start -j "$JOBS" >>/tmp/headline_queue_workers.log 2>&1 </dev/null; tail -1 /tmp/headline_queue_workers.log; }
 if [ "$RESUME" != 1 ] || grep -q "Worker status: 0 active" <<<"$($DVC queue status 2>/dev/null)"; then
-  $DVC queue start -j "$JOBS"   # (resuming with workers still alive: more would oversubscribe the GPU)
+  start_workers   # (resuming with workers still alive: more would oversubscribe the GPU)
 fi
 idle=0; restarts=0; last=""
 while :; do
@@ -278,7 +281,7 @@ while :; do
   if grep -q "Worker status: 0 active" <<<"$STATUS" && [ "$(count Running)" -eq 0 ]; then
     idle=$((idle + 1))   # experiments queued but no worker: start them again (twice at most)
     if [ "$idle" -ge 3 ] && [ "$restarts" -lt 2 ]; then
-      say "no worker is running: dvc queue start again"; $DVC queue start -j "$JOBS"; idle=0; restarts=$((restarts + 1))
+      say "no worker is running: dvc queue start again"; start_workers; idle=0; restarts=$((restarts + 1))
     fi
   else
     idle=0
