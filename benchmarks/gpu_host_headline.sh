@@ -143,11 +143,9 @@ else
   trained pose-$b-t1 pose pose "$GA_SMALL"
   # Budget ~10^3 (32 steps x 32; the 8k recipes only: 8-24 x the 96-sequence runs' tokens). CREAM's 1024 dialogues
   # are distinct (the chitchat corpus holds 2358), PoSE's documents repeat (~400 windows of 8k: 2.6 epochs).
-  for spec in "cream cream_chat" "pose pose" "randpos pose"; do
-    read -r m r <<<"$spec"
-    add "$m-1024-t1 method=$m recipe=$r recipes.$r.train.steps=32 recipes.$r.train.grad_accum=32" \
-        "$([ "$r" = pose ] && echo recipes.pose.train.warmup_steps=0 || echo recipes.cream_chat.data.num_samples=1024)"
-  done
+  STEPS=32 trained cream-1024-t1 cream cream_chat 32 recipes.cream_chat.data.num_samples=1024
+  STEPS=32 trained pose-1024-t1 pose pose 32
+  STEPS=32 trained randpos-1024-t1 randpos pose 32
 fi
 
 if [ -n "${HEADLINE_ONLY:-}" ]; then  # a subset, e.g. the budget-24 points in a second call

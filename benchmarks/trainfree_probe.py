@@ -39,7 +39,8 @@ from longctx.base_model import materialize_base_model  # noqa: E402
 from longctx.evaluation.passkey import generate_passkey  # noqa: E402
 from longctx.evaluation.perplexity import generate_perplexity, token_nll  # noqa: E402
 from longctx.evaluation.scoring import greedy_generate, score_samples  # noqa: E402
-from longctx.evaluation.stats import wilson_interval  # noqa: E402
+from longctx.evaluation.metric_key import MetricKey  # noqa: E402
+from longctx.evaluation.suite import accuracy_metrics  # noqa: E402
 from longctx.modeling import load_model, load_tokenizer, make_extended_model, native_record, rotary_embedding  # noqa: E402
 from longctx.rope import critical_reach  # noqa: E402
 
@@ -74,14 +75,15 @@ def measure(model, tokenizer, length: int, samples: int, batch_size: int, chat: 
     """Passkey (5 depths x ``samples``, 95% Wilson interval, by depth), perplexity of one window, failures."""
     items = [s for d in DEPTHS for s in generate_passkey(tokenizer, length, d, samples, 1234, chat)]
     correct = score_samples(model, items, batch_size, desc=f"passkey {length}")
-    k, n = sum(correct), len(correct)
-    lo, hi = wilson_interval(k, n)
-    by_depth = {str(d): sum(c for c, s in zip(correct, items) if s.depth == d) / samples for d in DEPTHS}
+    acc = accuracy_metrics(items, correct)  # the pipeline's cells: accuracy, Wilson bounds, per depth
+    cell = MetricKey("passkey", length)
+    by_depth = {str(d): acc[MetricKey("passkey", length, d).format()] for d in DEPTHS}
     wrong = [s for c, s in zip(correct, items) if not c][:failures]
     window = generate_perplexity(tokenizer, length, 1234)[0]
     nll = token_nll(model, torch.tensor([window.input_ids], device=next(model.parameters()).device))
-    return {"passkey": k / n, "n": n, "lo": round(lo, 3), "hi": round(hi, 3), "by_depth": by_depth,
-            "ppl": round(math.exp(nll.mean().item()), 3),
+    return {"passkey": acc[cell.format()], "n": acc[cell.with_stat("n").format()],
+            "lo": round(acc[cell.with_stat("lo").format()], 3), "hi": round(acc[cell.with_stat("hi").format()], 3),
+            "by_depth": by_depth, "ppl": round(math.exp(nll.mean().item()), 3),
             "failures": [failure_record(tokenizer, model, s) for s in wrong]}
 
 
@@ -123,8 +125,9 @@ def main() -> None:
                    "chat": args.chat,
                    **measure(model, tokenizer, length, args.samples, args.batch_size, args.chat, args.failures)}
             rotary = rotary_embedding(model)  # after the length ran: dynamic NTK's frequencies are its own
-            row["critical_reach"] = (None if method == "selfextend" or rotary is None
-                                     else round(critical_reach(base_inv_freq, rotary.inv_freq, native) or 0))
+            reach = None if method == "selfextend" or rotary is None else critical_reach(base_inv_freq,
+                                                                                       rotary.inv_freq, native)
+            row["critical_reach"] = None if reach is None else round(reach)  # None: no pair is critical
             row.update(seconds=round(time.perf_counter() - t0, 1), device=device)
             rows.append(row)
             with open(args.out, "a") as f:
