@@ -17,6 +17,10 @@ finder and the throughput benchmark share them:
   is cheap.
 - ``compile_layers(model)``: ``torch.compile`` each decoder layer, so the norms, rotary, SwiGLU and
   residual adds around the matmuls and the attention kernel run fused.
+
+And three memory knobs for long sequences: ``keep_activations(model, n)`` (the last n layers not
+checkpointed), ``tile_mlp(model, chunk_tokens)`` (each MLP over the sequence in checkpointed chunks) and
+``offload_checkpoints(model, n)`` (the first n layers' checkpointed inputs in host memory).
 """
 
 from __future__ import annotations
@@ -195,13 +199,116 @@ def keep_activations(model, plain_layers: int) -> int:
     """
     if plain_layers < 0:
         raise ValueError(f"plain_layers must be >= 0, got {plain_layers}")
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base = base.get_decoder() if hasattr(base, "get_decoder") else base
-    layers = list(getattr(base, "layers", None) or [])
-    if not layers:
-        raise RuntimeError(f"keep_activations: no decoder layers found in {type(model).__name__}")
+    layers = _decoder_layers(model, "keep_activations")
     if plain_layers > len(layers):
         raise ValueError(f"plain_layers ({plain_layers}) exceeds the model's {len(layers)} decoder layers")
     for layer in layers[len(layers) - plain_layers:]:
         layer.gradient_checkpointing = False
     return plain_layers
+
+
+def _decoder_layers(model, who: str) -> list:
+    """The decoder layers of ``model`` (a PEFT wrapper is looked through); RuntimeError naming ``who`` if none."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base.get_decoder() if hasattr(base, "get_decoder") else base
+    layers = list(getattr(base, "layers", None) or [])
+    if not layers:
+        raise RuntimeError(f"{who}: no decoder layers found in {type(model).__name__}")
+    return layers
+
+
+def _tiled_mlp_forward(forward, chunk_tokens: int, x, *args, **kwargs):
+    """``forward`` (an MLP's own bound forward) over ``x`` in chunks of ``chunk_tokens`` along dim -2, each
+    chunk checkpointed when gradients are on; the outputs concatenated."""
+    if x.dim() < 2 or x.shape[-2] <= chunk_tokens:
+        return forward(x, *args, **kwargs)
+    chunks = x.split(chunk_tokens, dim=-2)
+    if torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint
+
+        outs = [checkpoint(forward, c, *args, use_reentrant=False, **kwargs) for c in chunks]
+    else:
+        outs = [forward(c, *args, **kwargs) for c in chunks]
+    return torch.cat(outs, dim=-2)
+
+
+def tile_mlp(model, chunk_tokens: int) -> int:
+    """Tiled MLP: every decoder layer's MLP runs over the sequence ``chunk_tokens`` tokens at a time, each chunk
+    under its own (non-reentrant) ``torch.utils.checkpoint``; the chunk outputs are concatenated. Without
+    gradients it is a plain loop over the chunks; sequences of at most ``chunk_tokens`` take the plain forward.
+
+    Why: at long lengths the MLP's intermediates dominate one layer's forward/backward. A SwiGLU MLP holds gate,
+    up and their product, T x intermediate_size each: on the Llama-3.1-8B shape at 512k tokens that is 86 GB in
+    bf16 while the layer is recomputed and differentiated, more than everything else of the step. Per chunk only
+    one chunk's intermediates are alive; the cost is one extra MLP forward per chunk (the recompute), and with
+    ``gradient_checkpointing`` the chunk checkpoints nest inside the layer's. This is ALST's "TiledMLP"
+    (Arctic Long Sequence Training, arXiv 2506.13996). Liger's ``apply_tiled_mlp`` does the same with a custom
+    autograd Function, but importing liger needs triton (a GPU); PyTorch's checkpoint per chunk needs nothing.
+
+    Wraps the forward of whatever module ``layer.mlp`` is when called (transformers' MLP, Liger's SwiGLU, with
+    PEFT LoRA layers inside before or after: the MLP looks its projections up by attribute), by an instance
+    attribute ``forward``; calling again re-tiles with the new chunk size. Returns the number of MLPs wrapped.
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    layers = _decoder_layers(model, "tile_mlp")
+    for layer in layers:
+        mlp = layer.mlp
+        own = mlp.__dict__.get("forward")
+        if isinstance(own, functools.partial) and own.func is _tiled_mlp_forward:
+            original = own.args[0]  # already tiled: re-tile the original forward
+        else:
+            original = mlp.forward
+        mlp.forward = functools.partial(_tiled_mlp_forward, original, chunk_tokens)
+    return len(layers)
+
+
+def _offloaded_checkpoint(checkpoint_func, function, *args, **kwargs):
+    """``checkpoint_func`` (a layer's checkpoint function) with the tensors it saves for the backward pass,
+    its positional inputs, kept in host memory (pinned when CUDA is there)."""
+    with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+        return checkpoint_func(function, *args, **kwargs)
+
+
+def offload_checkpoints(model, layers: int) -> int:
+    """The first ``layers`` decoder layers keep their checkpointed input in host memory, not GPU memory, until
+    the backward pass needs it. Those layers must be checkpointed (transformers' ``gradient_checkpointing_enable``
+    / ``activation_checkpointing_enable`` first, and not made plain by :func:`keep_activations`).
+
+    Memory: a checkpointed layer keeps only its input hidden states, T x hidden x 2 bytes in bf16, but for the
+    whole forward pass: 4 GiB per layer on the Llama-3.1-8B shape at 512k tokens, 128 GiB for its 32 layers,
+    most of a 141 GB GPU. Offloaded, that goes to host memory. Cost per offloaded layer: one device-to-host copy
+    in the forward and one host-to-device copy in the backward (from pinned host memory, so the copies are
+    asynchronous DMA), and the pinned host memory itself (T x hidden x 2 bytes a layer). The first layers are
+    the ones to offload: their inputs wait longest for the backward pass, the last layers' are needed soon.
+
+    How: each layer's ``_gradient_checkpointing_func`` (which transformers calls as
+    ``func(partial(forward, layer, **kwargs), *args)``, from ``__call__`` in 5.17 and from ``forward`` in 5.2x)
+    is wrapped to run under ``torch.autograd.graph.save_on_cpu``. Non-reentrant checkpointing saves the
+    checkpoint's positional tensor inputs as autograd saved tensors under whatever saved-tensor hooks are active
+    at the call (torch 2.13: ``_CheckpointFrame.save_inputs``; earlier: ``_NoopSaveInputs``'s
+    ``save_for_backward``), while everything saved inside the checkpointed region goes to the checkpoint's own
+    hooks. Llama-style layers take only ``hidden_states`` positionally, so the rotary cos/sin and masks
+    (keyword arguments) are not copied. Calling ``gradient_checkpointing_enable`` again undoes this.
+    Returns the number of layers wrapped.
+    """
+    if layers < 0:
+        raise ValueError(f"offload_checkpoints: layers must be >= 0, got {layers}")
+    all_layers = _decoder_layers(model, "offload_checkpoints")
+    if layers > len(all_layers):
+        raise ValueError(f"offload_checkpoints: {layers} exceeds the model's {len(all_layers)} decoder layers")
+    wrappers = {}
+    for i, layer in enumerate(all_layers[:layers]):
+        func = getattr(layer, "_gradient_checkpointing_func", None)
+        if not getattr(layer, "gradient_checkpointing", False) or func is None:
+            raise RuntimeError(f"offload_checkpoints: decoder layer {i} is not checkpointed (enable gradient "
+                               "checkpointing first; layers kept plain by keep_activations cannot be offloaded)")
+        if isinstance(func, functools.partial) and func.func is _offloaded_checkpoint:
+            continue  # already offloaded
+        # one wrapper per distinct checkpoint function (transformers gives every layer the same one): compiled
+        # layers (train.compile) guard on this object, and one per layer would recompile for every layer
+        key = id(func)
+        if key not in wrappers:
+            wrappers[key] = functools.partial(_offloaded_checkpoint, func)
+        layer._gradient_checkpointing_func = wrappers[key]
+    return layers

@@ -528,6 +528,14 @@ class TrainParams:
     # The last N decoder layers skip checkpointing and keep their activations (memory for speed; needs
     # gradient_checkpointing full or selective; at most the model's layer count). See kernels.keep_activations.
     keep_activations: int = bounded(0, ge=0, le=MAX_COUNT)
+    # Tiled MLP: each decoder layer's MLP runs over the sequence N tokens at a time, each chunk checkpointed, so
+    # only one chunk's T x intermediate activations are alive (ALST's TiledMLP; for 256k-512k tokens); 0 = off.
+    # Not with compile. See kernels.tile_mlp.
+    mlp_chunk_tokens: int = bounded(0, ge=0, le=MAX_LENGTH)
+    # The first N decoder layers keep their checkpointed input in host memory until the backward pass (one copy
+    # out and one back per layer; needs gradient_checkpointing full or selective; with keep_activations at most
+    # the model's layer count). See kernels.offload_checkpoints.
+    offload_checkpoints: int = bounded(0, ge=0, le=MAX_COUNT)
     seed: int = bounded(0, ge=0, le=2**63 - 1)
     # Resumable checkpoints (models/checkpoints/step_<k>, scratch, not a DVC output) every N optimizer
     # steps; 0 = none on schedule (Ctrl-C still writes one). A compatible checkpoint is resumed on start.
@@ -562,6 +570,13 @@ class TrainParams:
         if self.keep_activations and self.gradient_checkpointing == "none":
             raise ParamsError(f"{where}.keep_activations: {self.keep_activations} needs gradient_checkpointing full "
                               "or selective (with none every layer keeps its activations already); set it to 0")
+        if self.offload_checkpoints and self.gradient_checkpointing == "none":
+            raise ParamsError(f"{where}.offload_checkpoints: {self.offload_checkpoints} needs gradient_checkpointing "
+                              "full or selective (it offloads the checkpointed layers' inputs); set it to 0")
+        if self.mlp_chunk_tokens and self.compile:
+            raise ParamsError(f"{where}.mlp_chunk_tokens: {self.mlp_chunk_tokens} not with compile: true (each "
+                              "layer's tiled MLP makes torch.compile recompile, past its recompile limit); set "
+                              "mlp_chunk_tokens to 0 or compile to false")
         if self.compile and self.gradient_checkpointing == "selective":
             raise ParamsError(f"{where}.compile: not with gradient_checkpointing: selective (its policy cannot see "
                               "inside a compiled layer); use none or full")

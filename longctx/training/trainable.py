@@ -9,7 +9,14 @@ from pathlib import Path
 
 import torch
 
-from longctx.kernels import apply_liger, checkpointing_kwargs, compile_layers, keep_activations
+from longctx.kernels import (
+    apply_liger,
+    checkpointing_kwargs,
+    compile_layers,
+    keep_activations,
+    offload_checkpoints,
+    tile_mlp,
+)
 from longctx.methods import Extension
 from longctx.modeling import load_model
 from longctx.params import TrainParams
@@ -60,7 +67,9 @@ def load_dtype(tp: TrainParams, dtype: str, autocast_bf16: bool) -> str:
 
 def trainable_model(model, tp: TrainParams, autocast_bf16: bool = False):
     """Liger kernels, compiled layers and checkpointing if asked (the last ``train.keep_activations`` layers
-    not checkpointed), train mode, LoRA if asked, and AdamW over what is trainable: (model, params, optimizer).
+    not checkpointed, the first ``train.offload_checkpoints`` layers' inputs in host memory, the MLPs tiled by
+    ``train.mlp_chunk_tokens``), train mode, LoRA if asked, and AdamW over what is trainable:
+    (model, params, optimizer).
 
     ``autocast_bf16``: the forward runs under bf16 autocast (GPU, ``model.dtype: auto``); see :func:`wrap_lora`.
     """
@@ -80,6 +89,15 @@ def trainable_model(model, tp: TrainParams, autocast_bf16: bool = False):
             raise ValueError(f"train.keep_activations: {tp.keep_activations} exceeds the model's {layers} decoder "
                              f"layers; allowed 0..{layers}")
         keep_activations(model, tp.keep_activations)
+    if tp.offload_checkpoints:
+        layers = model.config.num_hidden_layers
+        if tp.offload_checkpoints + tp.keep_activations > layers:
+            raise ValueError(f"train.offload_checkpoints: {tp.offload_checkpoints} offloaded + {tp.keep_activations} "
+                             f"plain (keep_activations) exceed the model's {layers} decoder layers; allowed "
+                             f"0..{layers - tp.keep_activations}")
+        offload_checkpoints(model, tp.offload_checkpoints)
+    if tp.mlp_chunk_tokens:  # after Liger (tiles its MLP) and before LoRA (PEFT swaps the Linears inside)
+        tile_mlp(model, tp.mlp_chunk_tokens)
     model.train()
     if tp.mode == "lora":
         model = wrap_lora(model, tp, autocast_bf16)
