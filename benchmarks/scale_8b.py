@@ -20,11 +20,15 @@ Parts (``--parts``, comma-separated), each printing one JSON line per measuremen
   causal kernel of its prefill path: error against the CPU path, and ms per attention call against plain SDPA at
   the longest length. ``--profile-prefill T``: the top device ops of one SelfExtend forward at ``T`` (also written
   next to ``--out`` as ``*.selfextend_profile.txt``).
-- ``decode``: greedy decode tokens/s after a ``--decode-prefill`` token prefill (KV cache), plain vs SelfExtend
-  (its decode step in each of ``--decode-modes``: fused kernels, eager; ``ratio_vs_plain`` in the JSON).
+- ``decode``: greedy decode tokens/s through ``generate`` after a ``--decode-prefill`` token prompt, plain vs
+  SelfExtend, with a dynamic cache (eager) and a static one (``generate`` compiles the step into a CUDA graph);
+  ``ratio_vs_plain`` in the JSON.
 - ``maxlen``: the longest LoRA sequence: ours with checkpointing on every layer (``--maxlen-ckpt``) at
   ``--maxlen-lengths`` (one step each, the first timed), and the same setup on a ONE-layer model of the same
   widths at ``--layer-lengths``; ``predict`` in the JSON gives the 32-layer peak derived from it.
+- ``longest``: the longest LoRA sequence with a tiled MLP and checkpointed inputs in host memory (ALST's remedies,
+  ``train.mlp_chunk_tokens`` / ``train.offload_checkpoints``) at ``--longest-length``: a two-layer run sizes the
+  number of offloaded layers, then the full model runs one step (see :func:`part_longest`).
 - ``full1b``: full fine-tuning of ``--full-shape``: baseline (bf16 weights and AdamW states, checkpointing on,
   model's own loss) against ours (``trainable_model`` mode full: float32 master weights under bf16 autocast,
   selective checkpointing, Liger, fused CE, cuDNN) at ``--full-lengths``.
@@ -168,8 +172,9 @@ def baseline_full(cfg):
 LIGER, BACKEND = [True], ["cudnn"]  # set from the command line
 
 
-def ours(cfg, mode="lora", ckpt="selective", plain_layers=0):
-    """The finetune stage's setup (``longctx.training.trainable.trainable_model`` + ``LossFn``) on a random model of ``cfg``."""
+def ours(cfg, mode="lora", ckpt="selective", plain_layers=0, mlp_chunk_tokens=0, offload_checkpoints=0):
+    """The finetune stage's setup (``longctx.training.trainable.trainable_model`` + ``LossFn``) on a random model of
+    ``cfg``; ``mlp_chunk_tokens`` / ``offload_checkpoints`` are the ``train`` keys of the same names."""
     from longctx.kernels import sdpa_backend
     from longctx.params import TrainParams, build
     from longctx.training.loss import LossFn
@@ -179,6 +184,7 @@ def ours(cfg, mode="lora", ckpt="selective", plain_layers=0):
     tp = build(TrainParams, {"mode": mode, "lr": 1e-4, "gradient_checkpointing": ckpt, "fused_ce": True,
                              "liger": liger, "sdpa_backend": backend,
                              "keep_activations": plain_layers if ckpt != "none" else 0,
+                             "mlp_chunk_tokens": mlp_chunk_tokens, "offload_checkpoints": offload_checkpoints,
                              "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": TARGETS}}, "ours")
     # As the finetune stage under bf16 autocast: LoRA's frozen weights in bf16, float32 adapters without PEFT's
     # float32 input cast; full: float32 master weights.
@@ -384,56 +390,72 @@ def selfextend_attention_check(cfg, extension, T):
     free()
 
 
+def _generate_s(model, ids, new_tokens, cache_implementation):
+    """Seconds of one greedy ``generate`` call of exactly ``new_tokens`` tokens (prefill included)."""
+    sync()
+    t0 = time.perf_counter()
+    model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                   cache_implementation=cache_implementation, pad_token_id=0)
+    sync()
+    return time.perf_counter() - t0
+
+
 @torch.inference_mode()
 def part_decode(args, cfg, n):
-    """Greedy decode after one prefill per (method, SDPA backend). SelfExtend's decode step is measured in each of
-    ``--decode-modes`` (``longctx.selfextend.DECODE_MODE``) on the same cache, one after the other; the first
-    warm-up step is reported as ``first_step_s`` and kept out of tok/s."""
-    from longctx import selfextend
+    """Greedy decoding after a ``--decode-prefill`` prompt, plain (``none``) and SelfExtend, through ``generate`` as a
+    user calls it, per cache in ``--decode-caches``:
+
+    - ``dynamic``: transformers' default cache, eager, once per SDPA backend of ``--decode-backends``;
+    - ``static``: ``cache_implementation="static"``, for which ``generate`` compiles the decoding forward with its
+      default ``CompileConfig`` (inductor, ``reduce-overhead``: the step is replayed as a CUDA graph).
+
+    Per-token time = (a call of ``--decode-tokens`` + 2 tokens - a call of 2 tokens) / ``--decode-tokens``: the
+    prefill and the first token cancel. The first call (compile and capture, for ``static``) is ``first_call_s``.
+    ``ratio_vs_plain``: SelfExtend's tokens/s over plain's with the same cache (and backend);
+    ``ratio_vs_plain_dynamic``: over plain's fastest dynamic-cache row (what plain ``generate()`` gives).
+    """
     from longctx.kernels import sdpa_backend
     from longctx.modeling import extend_model
 
     model = shapes.random_model(copy.deepcopy(cfg), DEVICE, torch.bfloat16, attn_implementation="sdpa")
-    plain_tok_s = {}
-    for method, backend in [(m, b) for m in ["none", "selfextend"] for b in args.decode_backends]:
+    ids = ids_of(cfg, args.decode_prefill)
+    plain = {}
+    settings = [(c, b) for c in args.decode_caches for b in (args.decode_backends if c == "dynamic" else ["auto"])]
+    for method in ("none", "selfextend"):
         extend_model(model, _extension(method, cfg, args.target))
+        torch._dynamo.reset()  # the attention function changed: compile the static step afresh
         free()
-        ids = ids_of(cfg, args.decode_prefill)
-        sync()
-        with sdpa_backend(backend):  # SDPA's first choice (the evaluation's greedy_generate uses flash)
-            t0 = time.perf_counter()
-            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            sync()
-            prefill_s = time.perf_counter() - t0
-            past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            del out
-            for mode in (args.decode_modes if method == "selfextend" else [None]):
-                if mode:
-                    selfextend.DECODE_MODE = mode
-                t0 = time.perf_counter()
-                past, tok = _decode_steps(model, past, tok, 1)  # first step (kernel choice), timed apart
-                sync()
-                first_step_s = time.perf_counter() - t0
-                past, tok = _decode_steps(model, past, tok, 1)  # warm-up (kernel choice); it stays in the cache
-                sync()
-                t0 = time.perf_counter()
-                past, tok = _decode_steps(model, past, tok, args.decode_tokens)
-                sync()
-                s = time.perf_counter() - t0
-                tok_s = args.decode_tokens / s
-                row = dict(part="decode", method=method, sdpa_backend=backend, prefill=args.decode_prefill,
-                           prefill_s=round(prefill_s, 3), tokens=args.decode_tokens, decode_tok_s=round(tok_s, 1),
-                           ms_per_token=round(1000 * s / args.decode_tokens, 2), first_step_s=round(first_step_s, 2),
-                           peak_gib=gib(peak()))
-                if mode:
-                    row.update(decode_mode=mode, ratio_vs_plain=round(tok_s / plain_tok_s[backend], 3))
-                else:
-                    plain_tok_s[backend] = tok_s
-                emit(**row)
-                if args.profile_decode:  # where a decode step's time goes, host and device
-                    past, tok = _profile_decode(model, past, tok, f"{method} {mode or ''} (sdpa_backend {backend})")
-        del past
-    selfextend.DECODE_MODE = "eager"
+        for cache, backend in settings:
+            impl = "static" if cache == "static" else None
+            row = dict(part="decode", method=method, cache=cache, sdpa_backend=backend, prefill=args.decode_prefill,
+                       tokens=args.decode_tokens)
+            try:
+                with sdpa_backend(backend):
+                    first = _generate_s(model, ids, args.decode_tokens + 2, impl)
+                    short = _generate_s(model, ids, 2, impl)
+                    long = _generate_s(model, ids, args.decode_tokens + 2, impl)
+            except Exception as e:  # noqa: BLE001 -- one failed setting must not lose the others
+                emit(**row, result=f"error: {type(e).__name__}: {str(e)[:300]}")
+                free()
+                continue
+            s = max(long - short, 1e-9) / args.decode_tokens
+            row.update(decode_tok_s=round(1 / s, 1), ms_per_token=round(1000 * s, 2), first_call_s=round(first, 2),
+                       two_token_call_s=round(short, 2), peak_gib=gib(peak()))
+            if method == "none":
+                plain[(cache, backend)] = 1 / s
+            else:
+                if (cache, backend) in plain:
+                    row["ratio_vs_plain"] = round(1 / s / plain[(cache, backend)], 3)
+                dyn = [v for (c, _), v in plain.items() if c == "dynamic"]
+                if dyn:
+                    row["ratio_vs_plain_dynamic"] = round(1 / s / max(dyn), 3)
+            emit(**row)
+            free()
+        if args.profile_decode:  # where a dynamic-cache decode step's time goes, host and device
+            with sdpa_backend(args.decode_backends[-1]):
+                out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+                _profile_decode(model, out.past_key_values, out.logits[:, -1:].argmax(-1), method)
+                del out
     del model
     free()
 
@@ -492,6 +514,64 @@ def part_maxlen(args, cfg, n):
                  kept_per_layer_gib=gib(keep), fits_141gb=predict < 139 * 2**30, fits_80gb=predict < 79 * 2**30)
 
 
+def host_available() -> int:
+    """Bytes of host memory available now (/proc/meminfo MemAvailable)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def part_longest(args, cfg, n):
+    """The longest LoRA sequence with ALST's two memory remedies (arXiv 2506.13996), as ``train`` keys of the finetune
+    stage: the MLP in sequence chunks of ``--mlp-chunk-tokens`` (``train.mlp_chunk_tokens``) and the inputs of the
+    first ``k`` checkpointed layers kept in pinned host memory (``train.offload_checkpoints``); full checkpointing.
+
+    1. A two-layer model of the same widths, both layers offloaded, runs one step at ``--sizing-length`` (a quarter of
+       the length by default: nothing of this setup grows faster than the length, so the working set scales): its
+       peak less the two layers' weights is one layer's backward working set, scaled to the length.
+    2. ``k`` is the fewest offloaded layers for which the full model's predicted peak (the weights, that working
+       set, and the T x hidden bf16 input of each layer left on the GPU) fits the free GPU memory less
+       ``--gpu-margin-gib``; the offloaded inputs must fit the host's available memory less 16 GiB.
+    3. The full model runs one (cold) step with that ``k``: measured peak, host memory, time.
+    """
+    import resource
+
+    T, chunk, L = args.longest_length, args.mlp_chunk_tokens, cfg.num_hidden_layers
+    sizing = args.sizing_length or T // 4
+    two = shapes.shape_config(args.shape, num_hidden_layers=2)
+    p2 = _one_step("ours_lora_full_tiled_offload_2layers",
+                   lambda: ours(two, ckpt="full", mlp_chunk_tokens=chunk, offload_checkpoints=2), sizing, "longest",
+                   n, two, mlp_chunk_tokens=chunk, offload_checkpoints=2)
+    if p2 is None:
+        return
+    keep = T * cfg.hidden_size * 2
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        weights = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters()) * 2
+        weights_two = sum(p.numel() for p in AutoModelForCausalLM.from_config(two).parameters()) * 2
+    working = (p2 - weights_two) * T / sizing
+    base = weights + working
+    free()
+    budget = torch.cuda.mem_get_info()[0] - args.gpu_margin_gib * 2**30 if DEVICE == "cuda" else 2**50
+    on_gpu = max(0, min(L, int((budget - base) // keep)))
+    k = L - on_gpu
+    host = host_available() - 16 * 2**30
+    plan = dict(part="longest", setup="plan", length=T, sizing_length=sizing, two_layer_peak_gib=gib(p2),
+                working_set_gib=gib(working), weights_gib=gib(weights), kept_per_layer_gib=gib(keep),
+                gpu_budget_gib=gib(budget), offload_checkpoints=k, host_needed_gib=gib(k * keep),
+                host_available_gib=gib(host), predicted_peak_gib=gib(base + on_gpu * keep))
+    if k * keep > host:
+        emit(**plan, result="does not fit: the offloaded inputs exceed the host memory")
+        return
+    emit(**plan)
+    _one_step("ours_lora_full_tiled_offload", lambda: ours(cfg, ckpt="full", mlp_chunk_tokens=chunk,
+                                                           offload_checkpoints=k), T, "longest", n, cfg,
+              mlp_chunk_tokens=chunk, offload_checkpoints=k)
+    emit(part="longest", setup="host", length=T, host_max_rss_gib=gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+
+
 def part_full1b(args, _cfg, _n):
     cfg = shapes.shape_config(args.full_shape)
     n = non_embedding(cfg)
@@ -523,17 +603,23 @@ def main():
     ap.add_argument("--profile-prefill", type=int, default=0,
                     help="profile one SelfExtend prefill forward at this length (one of --prefill-lengths)")
     ap.add_argument("--decode-prefill", type=int, default=32768)
-    ap.add_argument("--decode-tokens", type=int, default=8)
+    ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--decode-backends", default="auto,flash",
-                    help="SDPA backends tried first in the decode part, each measured (comma-separated)")
-    ap.add_argument("--decode-modes", default="sdpa,eager",
-                    help="SelfExtend decode step modes measured, in order, on one cache (longctx.selfextend.DECODE_MODES)")
+                    help="SDPA backends tried first with the dynamic cache, each measured (comma-separated)")
+    ap.add_argument("--decode-caches", default="dynamic,static",
+                    help="KV caches measured in the decode part: dynamic (eager), static (generate compiles the step)")
     ap.add_argument("--profile-decode", action="store_true")
     ap.add_argument("--profile-lora", action="store_true", help="profile one step of each setup at the last length")
     ap.add_argument("--maxlen-ckpt", default="full")
     ap.add_argument("--maxlen-lengths", default="65536:selective:8,131072:full:0",
                     help="length:gradient_checkpointing:plain_layers, comma-separated (one untimed-warm-up step each)")
     ap.add_argument("--layer-lengths", type=ints, default=ints("262144,524288"))
+    ap.add_argument("--longest-length", type=int, default=524288)
+    ap.add_argument("--sizing-length", type=int, default=0, help="length of the longest part's two-layer sizing run "
+                    "(default a quarter of --longest-length)")
+    ap.add_argument("--mlp-chunk-tokens", type=int, default=32768, help="train.mlp_chunk_tokens of the longest part")
+    ap.add_argument("--gpu-margin-gib", type=float, default=8.0,
+                    help="GPU memory the longest part leaves free when it chooses how many layers to offload")
     ap.add_argument("--full-shape", default="llama3.2-1b")
     ap.add_argument("--full-lengths", type=ints, default=ints("32768,131072"))
     ap.add_argument("--full-plain-layers", type=int, default=0)
@@ -544,7 +630,10 @@ def main():
     args = ap.parse_args()
     args.methods = [m for m in args.methods.split(",") if m]
     args.decode_backends = [b for b in args.decode_backends.split(",") if b]
-    args.decode_modes = [m for m in args.decode_modes.split(",") if m]
+    args.decode_caches = [c for c in args.decode_caches.split(",") if c]
+    bad = [c for c in args.decode_caches if c not in ("dynamic", "static")]
+    if bad:
+        sys.exit(f"--decode-caches: {bad} not allowed; allowed: dynamic, static")
     OUT = args.out
     if args.smoke:  # the script's logic on the CPU: tiny shapes, no Triton/cuDNN kernels
         DEVICE, args.shape, args.full_shape, args.liger, args.backend = "cpu", "tiny", "tiny", False, "auto"
@@ -561,7 +650,7 @@ def main():
          peft=peft.__version__, shape=args.shape, non_embedding_params=n, command=" ".join(sys.argv),
          gpu_gib=gib(torch.cuda.get_device_properties(0).total_memory) if DEVICE == "cuda" else None)
     parts = {"lora": part_lora, "prefill": part_prefill, "decode": part_decode, "maxlen": part_maxlen,
-             "full1b": part_full1b}
+             "longest": part_longest, "full1b": part_full1b}
     for p in args.parts.split(","):
         t0 = time.perf_counter()
         parts[p](args, cfg, n)

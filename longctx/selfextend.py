@@ -48,9 +48,9 @@ Which path computes it
 ----------------------
 Every path computes the same maths (the tests hold each to an independent float64 reference):
 
-- one query per row (a decoding step from the KV cache): :func:`_decode_step`, a few operations in the model dtype,
-  or with ``LONGCTX_SELFEXTEND_DECODE=sdpa`` the two parts through fused attention kernels merged by log-sum-exp
-  (:func:`_decode_step_sdpa`, for unmasked steps);
+- one query per row (a decoding step from a dynamic or static KV cache): :func:`_decode_step`, the grouped keys
+  re-rotated relative to the query and ONE fused SDPA call, static shapes (a static cache + ``torch.compile``
+  captures it in a CUDA graph);
 - CUDA, no gradient, no mask (an unpadded prefill: transformers passes None), ``q_len == kv_len``, contiguous
   positions, no dropout or soft-capping (the evaluation's prefill): :func:`_selfextend_prefill` -- the grouped
   part is one causal cuDNN (or FlashAttention) call on shifted slices, the neighbour part a narrow flex band
@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import warnings
 
 import torch
@@ -156,21 +155,24 @@ def _read_params(config) -> tuple[int, int, float]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _positions(position_ids, batch: int, q_len: int, kv_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _positions(position_ids, batch: int, q_len: int, kv_len: int, device,
+               attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Query positions (b, q_len) and key positions (b, kv_len), int64.
 
     In a prefill the keys are the queries. When decoding from a cache the cache does not store positions, so key
-    ``j`` is taken to sit ``kv_len - 1 - j`` tokens before the row's last query (exact for contiguous positions;
-    left-padding slots then get negative positions, which the attention mask hides anyway).
+    ``j`` is taken to sit ``slot - j`` tokens before the row's last query, ``slot`` being that query's cache slot
+    (:func:`_query_slot`: the last key of a dynamic cache, read from the mask in a static one). Exact for contiguous
+    positions; left-padding slots and a static cache's empty slots get positions the mask hides anyway.
     """
     if position_ids is None:
-        q_pos = (kv_len - q_len + torch.arange(q_len, device=device)).expand(batch, q_len)
+        q_pos = (_causal_offset(q_len, kv_len) + torch.arange(q_len, device=device)).expand(batch, q_len)
     else:
         q_pos = position_ids.to(device=device, dtype=torch.long).expand(batch, q_len)
     if q_len == kv_len:
         k_pos = q_pos
     else:
-        k_pos = q_pos[:, -1:] - (kv_len - 1 - torch.arange(kv_len, device=device))
+        slot = _query_slot(attention_mask, batch, q_len, kv_len, device)
+        k_pos = q_pos[:, -1:] - (slot - torch.arange(kv_len, device=device))
     return q_pos, k_pos
 
 
@@ -195,12 +197,10 @@ def _rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor,
 
 
 @functools.lru_cache(maxsize=32)
-def _inv_freq(rotary_dim: int, theta: float, device: torch.device, doubled: bool = False) -> torch.Tensor:
+def _inv_freq(rotary_dim: int, theta: float, device: torch.device) -> torch.Tensor:
     """RoPE inverse frequencies (float32) on ``device``, made once per (dim, theta, device): building them in
-    every layer and step costs kernel launches and host time on every decoding step. ``doubled``:
-    ``cat(inv_freq, inv_freq)``, the rotate_half layout of the cos/sin tables."""
-    inv_freq = rope.default_inv_freq(rotary_dim, theta, device).to(torch.float32)
-    return torch.cat((inv_freq, inv_freq)) if doubled else inv_freq
+    every layer and step costs kernel launches and host time on every decoding step."""
+    return rope.default_inv_freq(rotary_dim, theta, device).to(torch.float32)
 
 
 def _log_scale(q_pos: torch.Tensor, scale_base: float) -> torch.Tensor:
@@ -292,7 +292,7 @@ def _selfextend_blockwise(
     """
     batch, _, _, q_len, _ = q_n.shape
     kv_len = k_n.shape[2]
-    offset = kv_len - q_len  # causal mask alignment when none is given: query i sees keys <= offset + i
+    offset = _causal_offset(q_len, kv_len)  # without a mask, query i sees keys <= offset + i
     neg_inf = torch.tensor(float("-inf"), device=q_n.device)
     outputs = []
     for start in range(0, q_len, query_block):
@@ -339,149 +339,81 @@ def _selfextend_blockwise(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Decode path: one query per row, keys from the KV cache, in the model dtype
+# Decode path: one query per row, keys from the KV cache (dynamic or static), one fused attention
 # ---------------------------------------------------------------------------------------------------------------
 
 
-DECODE_MODES = ("eager", "sdpa")
-# How the decode step runs: "eager" = :func:`_decode_step` (the reference and the default), "sdpa" = the two parts
-# through fused attention kernels (:func:`_decode_step_sdpa`; unmasked steps only, others run eager; slower on the
-# H200: 14.3 against eager's 18.8 tokens/s, ninth run). A torch.compile'd step was measured and removed: 17.6 tokens/s after an 8.6 s compile against eager's
-# 18.8 (H200, Mistral-7B shape, 32k cache; docs/RESULTS.md, eighth run).
-DECODE_MODE = os.environ.get("LONGCTX_SELFEXTEND_DECODE", "eager")
+def _causal_offset(q_len: int, kv_len: int) -> int:
+    """The cache slot of query 0 when no mask is given, in transformers' convention for SDPA-style attention.
 
-
-def _selfextend_decode(query, key, value, position_ids, attention_mask, scaling, window, group_size, rotary_dim,
-                       theta, scale_base=0.0, softcap=None, dropout=0.0, training=False, mode=None):
-    """SelfExtend for ONE query per row (a decoding step): :func:`_decode_step`, or :func:`_decode_step_sdpa` in mode
-    ``sdpa`` when no mask, soft-capping or dropout is in play.
-
-    ``mode`` (default :data:`DECODE_MODE`, env ``LONGCTX_SELFEXTEND_DECODE``): one of :data:`DECODE_MODES`. The eager
-    step is bound by GPU work on an H200, not by kernel launches (profile in docs/RESULTS.md, eighth run): its batched
-    products of 4 query rows against a 32k cache run in cuBLAS's small-N kernels at ~1 ms per layer. Mode ``sdpa``
-    is what that profile calls for: both parts through the fused kernel plain decoding uses, merged by log-sum-exp
-    (docs/RESULTS.md, ninth run: it cuts the step's GPU time from 43 to 28 ms, but the step is then bound by the
-    host, 14.3 against 18.8 tokens/s, so it is not the default). What is left is host overhead: a captured step
-    (static cache + CUDA graph), and keeping the grouped keys rotated in a second cache instead of re-rotating them.
+    ``sdpa_mask`` returns None only where SDPA's own flags are exact: one query sees every key (``is_causal=False``),
+    and several queries are causal from the top-left corner (``is_causal=True``: query ``i`` at slot ``i``), which
+    covers ``q_len == kv_len`` and a prefill into an empty static cache (a fixed buffer longer than the prompt).
     """
-    mode = DECODE_MODE if mode is None else mode
-    if mode not in DECODE_MODES:
-        raise ValueError(f"LONGCTX_SELFEXTEND_DECODE: must be one of {DECODE_MODES}, got {mode!r}")
-    if mode == "sdpa" and attention_mask is None and not softcap and not (dropout and training):
-        return _decode_step_sdpa(query, key, value, position_ids, _inv_freq(rotary_dim, theta, query.device),
-                                 scaling, window, group_size, scale_base)
-    return _decode_step(query, key, value, position_ids, attention_mask,
-                        _inv_freq(rotary_dim, theta, query.device, doubled=True), scaling, window, group_size,
-                        scale_base, softcap, dropout, training)
+    return kv_len - 1 if q_len == 1 else 0
 
 
-def _decode_step_sdpa(query, key, value, position_ids, inv_freq, scaling, window, group_size, scale_base,
-                      kernel: str = "flash"):
-    """SelfExtend for ONE query per row, as two fused attentions merged by log-sum-exp (mode ``sdpa``).
+def _query_slot(attention_mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int, device) -> torch.Tensor:
+    """The cache slot of each row's last query, (b, 1) int64: the last key its mask row shows (a query sees itself).
 
-    The paper's one softmax over all keys splits exactly into its two disjoint parts (:func:`merge_attention_partials`):
-    the grouped keys ``[0, kv_len - W)`` (grouped query against keys rotated again by ``n // G - n``) and the
-    neighbour keys ``[kv_len - W, kv_len)`` (query and keys as cached). Each part is one call of the fused kernel
-    that plain decoding uses (:func:`_attention_lse`, FlashAttention-2 by default), which parallelises over the
-    cache, unlike the batched products of :func:`_decode_step` (4 query rows against 32k keys in cuBLAS's small-N
-    kernels: the eighth run's profile). The query heads of one KV head are the rows of one attention, so the shared
-    KV heads are never repeated. Every cached key must be visible (no padding mask), no soft-capping, no dropout.
+    A dynamic cache ends at the query (slot ``kv_len - 1``); a static cache (``cache_implementation="static"``)
+    is a fixed buffer whose slots after the query are empty and masked, so the slot is read from the mask
+    (without one, :func:`_causal_offset`). Tensor ops only (no host sync), so a captured (CUDA-graph) decode step
+    can compute it.
+    """
+    if attention_mask is None:
+        return torch.full((batch, 1), _causal_offset(q_len, kv_len) + q_len - 1, device=device)
+    row = attention_mask[:, 0, -1, :kv_len]
+    visible = row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
+    slots = torch.arange(kv_len, device=device)
+    return torch.where(visible, slots, -1).amax(dim=-1, keepdim=True).expand(batch, 1)
 
-    query (b, h_q, 1, d) rotated at its true position, key/value (b, h_kv, kv_len, d) from the cache;
+
+def _decode_step_fits(attention_mask, softcap, dropout, training) -> bool:
+    """Whether :func:`_decode_step` takes this one-query call: no soft-capping or dropout (SDPA has neither) and a
+    boolean mask or none (what transformers' ``sdpa_mask`` builds). Anything else takes the general path."""
+    return not softcap and not (dropout and training) and (attention_mask is None or
+                                                           attention_mask.dtype == torch.bool)
+
+
+def _decode_step(query, key, value, position_ids, attention_mask, inv_freq, scaling, window, group_size,
+                 scale_base):
+    """SelfExtend for ONE query per row (a decoding step): the cached keys re-rotated relative to the query, then ONE
+    fused attention -- the paper's single softmax, with no split, merge, slice or host sync.
+
+    Paper eq. (grouped part): the logit of a key at distance ``m - n >= W`` is ``<R(m_g) q, R(n_g) k>`` with
+    ``m_g = m // G + W - W // G`` and ``n_g = n // G``. RoPE is orthogonal with ``R(a)^T R(b) = R(b - a)``, so
+    ``<R(m_g) q, R(n_g) k> = <R(m) q, R(n_g - m_g + m) k>``: the query stays as the model rotated it (position
+    ``m``) and a grouped key, cached as ``R(n) k``, is rotated once more by ``(n // G - n) - (m_g - m)``. Neighbour
+    keys (``m - n < W``) stay as cached. One ``torch.where`` picks per key, and SDPA computes the one softmax over all
+    keys, in the kernel plain decoding uses (FlashAttention without a mask, memory-efficient with one). The query
+    heads sharing a KV head are the rows of one attention (there is one query position, so no causal order among
+    rows), so the shared KV heads are never repeated.
+
+    Every shape is fixed by the cache, not by the position: with a static cache and ``torch.compile``
+    (``generate(..., cache_implementation="static")``) the step is captured in a CUDA graph like plain decoding's.
+    The whole cache is re-rotated each step (elementwise, bandwidth-bound); keys past the query's slot are masked.
+
+    query (b, h_q, 1, d) rotated at its true position ``position_ids[:, -1]``, key/value (b, h_kv, kv_len, d) from a
+    dynamic or static cache, attention_mask None or boolean (b, 1, 1, kv_len) (left padding and a static cache's
+    empty slots hidden). Key ``j`` sits ``slot - j`` tokens before the query (:func:`_query_slot`).
     ``inv_freq`` the RoPE inverse frequencies (not doubled). Returns (b, h_q, 1, d) in the cache dtype.
     """
     batch, h_q, _, head_dim = query.shape
     h_kv, kv_len = key.shape[1], key.shape[2]
-    dtype = key.dtype
-
-    def by_kv_head(q):  # (b, h_q, 1, d) -> (b, h_kv, groups, d): the query heads sharing a KV head as rows
-        return q.to(dtype).reshape(batch, h_kv, h_q // h_kv, head_dim)
-
-    if position_ids is None:
-        q_pos = torch.full((batch, 1), kv_len - 1, device=query.device)
-    else:
-        q_pos = position_ids[:, -1:].to(device=query.device, dtype=torch.long).expand(batch, 1)
-    q_n = query if scale_base <= 0 else (query.to(torch.float32) * _log_scale(q_pos, scale_base)).to(dtype)
-    split = kv_len - window  # keys [0, split) are grouped (distance >= W), [split, kv_len) neighbours
-    near, near_lse = _attention_lse(by_kv_head(q_n), key[:, :, max(split, 0):], value[:, :, max(split, 0):],
-                                    scaling, kernel, causal=False)
-    if split <= 0:
-        return near.to(dtype).reshape(batch, h_q, 1, head_dim)
-    # Paper eq.: grouped query position m // G + W - W // G, grouped key position n // G.
-    k_pos = q_pos - torch.arange(kv_len - 1, kv_len - 1 - split, -1, device=query.device)  # (b, split)
-    q_g = _rotate(q_n, q_pos // group_size + window - window // group_size - q_pos, inv_freq, dtype)
-    k_g = _rotate(key[:, :, :split], k_pos // group_size - k_pos, inv_freq, dtype)
-    far, far_lse = _attention_lse(by_kv_head(q_g), k_g, value[:, :, :split], scaling, kernel, causal=False)
-    return merge_attention_partials(near, near_lse, far, far_lse).to(dtype).reshape(batch, h_q, 1, head_dim)
-
-
-def _decode_step(query, key, value, position_ids, attention_mask, inv_freq, scaling, window, group_size,
-                 scale_base, softcap, dropout, training):
-    """SelfExtend for ONE query per row (a decoding step), without float32 copies of the cache or host syncs.
-
-    The cache holds keys at contiguous positions ending at the query's, so key ``j`` is ``kv_len - 1 - j`` tokens
-    away in every row (left padding included: padding slots are hidden by the mask). The grouped keys
-    (distance >= W) are therefore the slice ``[0, kv_len - W)`` and the neighbour keys the slice
-    ``[kv_len - W, kv_len)`` -- two static slices, no data-dependent span. Only the grouped slice is rotated
-    again (by ``n // G - n``, paper eq. for the grouped key position), in the model dtype. The two score rows are
-    concatenated in key order and go through ONE softmax, as in the paper; with one query the scores are small
-    (b, h_q, kv_len) and are kept in float32. The query-key products run in the model dtype (as transformers'
-    eager attention), the softmax in float32, the probabilities times values in the model dtype.
-
-    One cos/sin table serves the query's and the keys' extra rotations.
-
-    query (b, h_q, 1, d) rotated at its true position, key/value (b, h_kv, kv_len, d) from the cache,
-    position_ids None or (b, 1); ``inv_freq`` the doubled RoPE inverse frequencies (``cat(f, f)``, its length the
-    rotary channels). Returns (b, h_q, 1, d) in the cache dtype. In a bf16 model the query's extra rotation is in
-    bf16 too (as transformers rotates it).
-    """
-    batch, h_q, _, head_dim = query.shape
-    h_kv, kv_len = key.shape[1], key.shape[2]
-    dtype = key.dtype
-
-    if position_ids is None:
-        q_pos = torch.full((batch, 1), kv_len - 1, device=query.device)
-    else:
-        q_pos = position_ids[:, -1:].to(device=query.device, dtype=torch.long).expand(batch, 1)
-    split = max(kv_len - window, 0)  # keys [0, split) are grouped, [split, kv_len) neighbours
-    # Key positions count back from the query's; left-padding slots get negative ones, hidden by the mask.
-    k_pos = q_pos - torch.arange(kv_len - 1, kv_len - 1 - split, -1, device=query.device)
-    # Extra rotation of the query (m // G + W - W // G - m) and of the grouped keys (n // G - n), one table.
-    delta = torch.cat((q_pos // group_size + (window - window // group_size) - q_pos,
-                       k_pos // group_size - k_pos), dim=1)
-    emb = delta.to(torch.float32)[:, None, :, None] * inv_freq
-    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
-
-    def rotate(x, cos, sin):  # x * cos + rotate_half(x) * sin on the rotary channels (rest passes through)
-        rd = cos.shape[-1]
-        rot = x[..., :rd]
-        rotated = rot * cos + torch.cat((-rot[..., rd // 2:], rot[..., : rd // 2]), dim=-1) * sin
-        return rotated if rd == x.shape[-1] else torch.cat((rotated, x[..., rd:]), dim=-1)
-
-    q_n = query if scale_base <= 0 else (query.to(torch.float32) * _log_scale(q_pos, scale_base)).to(dtype)
-    q_g = rotate(q_n.to(dtype), cos[:, :, :1], sin[:, :, :1])
-
-    def by_kv_head(q):  # (b, h_q, 1, d) -> (b, h_kv, groups, d): shared KV heads broadcast, never repeated
-        return q.to(dtype).view(batch, h_kv, h_q // h_kv, head_dim)
-
-    neighbour = torch.matmul(by_kv_head(q_n), key[:, :, split:].transpose(-1, -2))
-    if split > 0:
-        k_g = rotate(key[:, :, :split], cos[:, :, 1:], sin[:, :, 1:])
-        scores = torch.cat((torch.matmul(by_kv_head(q_g), k_g.transpose(-1, -2)), neighbour), dim=-1)
-    else:
-        scores = neighbour
-    scores = scores.to(torch.float32) * scaling  # (b, h_kv, groups, kv_len)
-    if softcap:
-        scores = softcap * torch.tanh(scores / softcap)
-    if attention_mask is not None:
-        mask = attention_mask[:, :, -1:, :kv_len]  # (b, 1, 1, kv_len)
-        bias = torch.where(mask, 0.0, float("-inf")) if mask.dtype == torch.bool else mask.to(torch.float32)
-        scores = scores + bias
-    probs = torch.softmax(scores, dim=-1)
-    if attention_mask is not None:
-        probs = probs.nan_to_num(0.0)  # a row with no visible key gives 0, like SDPA
-    probs = F.dropout(probs, p=dropout, training=training)
-    out = torch.matmul(probs.to(value.dtype), value)  # (b, h_kv, groups, d)
+    dtype, device = key.dtype, query.device
+    q_slot = _query_slot(attention_mask, batch, 1, kv_len, device)
+    q_pos = q_slot if position_ids is None else position_ids[:, -1:].to(device=device, dtype=torch.long).expand(batch, 1)
+    dist = q_slot - torch.arange(kv_len, device=device)  # (b, kv_len); negative = empty static slots (masked)
+    k_pos = (q_pos - dist).clamp(min=0)  # left-padding slots get clamped positions, masked anyway
+    m = q_pos.clamp(min=0)
+    q_delta = m // group_size + (window - window // group_size) - m  # m_g - m
+    grouped = (dist >= window)[:, None, :, None]
+    k_sel = torch.where(grouped, _rotate(key, (k_pos // group_size - k_pos) - q_delta, inv_freq, dtype), key)
+    q = query if scale_base <= 0 else query.to(torch.float32) * _log_scale(q_pos, scale_base)
+    rows = q.to(dtype).reshape(batch, h_kv, h_q // h_kv, head_dim)
+    mask = None if attention_mask is None else attention_mask[:, :, -1:, :kv_len]  # broadcasts over heads and rows
+    out = F.scaled_dot_product_attention(rows, k_sel, value, attn_mask=mask, scale=scaling)
     return out.reshape(batch, h_q, 1, head_dim)
 
 
@@ -522,7 +454,7 @@ def _selfextend_flex(q_n, k_n, q_g, k_g, v, q_pos, k_pos, attention_mask, scalin
 
     batch, _, q_len, _ = q_n.shape
     kv_len = k_n.shape[2]
-    offset = kv_len - q_len
+    offset = _causal_offset(q_len, kv_len)
 
     if attention_mask is None:
         def visible(b, h, qi, kj):
@@ -590,11 +522,10 @@ def _prefill_kernels_fit(query, key, attention_mask, position_ids, dropout, soft
     return bool((position_ids - position_ids[:, :1] == steps).all())
 
 
-def _attention_lse(q, k, v, scaling, kernel: str | None = None, causal: bool = True):
-    """Softmax attention and its log-sum-exp: (out (b, h, n, d), lse (b, h, n) float32).
+def _attention_lse(q, k, v, scaling, kernel: str | None = None):
+    """Causal softmax attention and its log-sum-exp: (out (b, h, n, d), lse (b, h, n) float32).
 
-    ``causal``: q, k, v (b, h, n, d) of one length ``n`` (top-left = bottom-right causal); otherwise every query
-    sees every key (q (b, h, n, d) against k, v (b, h, m, d): the decode step's parts). KV heads fewer than query heads
+    q, k, v (b, h, n, d) of one length ``n`` (top-left = bottom-right causal). KV heads fewer than query heads
     are repeated (cheap next to the attention, and the aten ops below are documented for equal heads only).
     CUDA: ``kernel`` (default :data:`PREFILL_KERNEL`) is ``cudnn`` -- the kernel plain SDPA runs on an H200
     (about 560 TFLOP/s forward in the LoRA profile) -- or ``flash`` (PyTorch's FlashAttention-2); both return the
@@ -615,15 +546,14 @@ def _attention_lse(q, k, v, scaling, kernel: str | None = None, causal: bool = T
         if kernel == "cudnn":
             try:
                 out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
-                    q, k, v, None, True, 0.0, causal, False, scale=scaling)[:2]
+                    q, k, v, None, True, 0.0, True, False, scale=scaling)[:2]
                 return out, lse.reshape(batch, heads, -1)[..., :n].float()  # cuDNN's lse is (b, h, n, 1)
             except RuntimeError as e:
                 warnings.warn(f"SelfExtend prefill: cuDNN attention failed ({str(e)[:200]}); using flash", stacklevel=2)
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scaling)[:2]
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True, False, scale=scaling)[:2]
         return out, lse.reshape(batch, heads, -1)[..., :n].float()
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling
-    if causal:
-        scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+    scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool, device=q.device).tril(), float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1), v.float()), torch.logsumexp(scores, dim=-1)
 
 
@@ -698,11 +628,12 @@ def selfextend_attention(
             ``module.num_key_value_groups``.
         query: (b, h_q, q_len, d), RoPE-rotated at the true positions.
         key, value: (b, h_kv, kv_len, d), keys RoPE-rotated; ``kv_len > q_len`` when decoding from a cache.
-        attention_mask: None (causal, aligned to the end of the keys) or a 4D (b, 1, q_len, kv_len) boolean
-            (True = attend) or additive float mask, as transformers' ``sdpa_mask`` builds it.
+        attention_mask: None or a 4D (b, 1, q_len, kv_len) boolean (True = attend) or additive float mask, as
+            transformers' ``sdpa_mask`` builds it. None means what it means to SDPA (:func:`_causal_offset`): one
+            query sees every key; several are causal from the top-left (query i sees keys <= i).
         scaling: logit scale (default ``d ** -0.5``).
         dropout: attention dropout probability (applied only when ``module.training``).
-        position_ids: (b, q_len) true query positions; default ``kv_len - q_len + arange(q_len)``.
+        position_ids: (b, q_len) true query positions; default the slots, ``_causal_offset + arange(q_len)``.
         query_block: queries per block on the general (non-CUDA) path.
         softcap: logit soft-capping ``softcap * tanh(s / softcap)`` (Gemma-2 passes its ``attn_logit_softcapping``).
 
@@ -719,11 +650,11 @@ def selfextend_attention(
     rope_parameters = module.config.rope_parameters
     rotary_dim = rope.rotary_dim(head_dim, rope_parameters.get("partial_rotary_factor", 1.0))
     theta = float(rope_parameters["rope_theta"])
-    if q_len == 1 and kv_len > 1:  # a decoding step from the KV cache
-        out = _selfextend_decode(query, key, value, position_ids, attention_mask, scaling, window, group_size,
-                                 rotary_dim, theta, scale_base, softcap, dropout, module.training)
+    if q_len == 1 and kv_len > 1 and _decode_step_fits(attention_mask, softcap, dropout, module.training):
+        out = _decode_step(query, key, value, position_ids, attention_mask, _inv_freq(rotary_dim, theta, device),
+                           scaling, window, group_size, scale_base)  # a decoding step from the KV cache
         return out.to(query.dtype).transpose(1, 2).contiguous(), None
-    q_pos, k_pos = _positions(position_ids, batch, q_len, kv_len, device)
+    q_pos, k_pos = _positions(position_ids, batch, q_len, kv_len, device, attention_mask)
     inv_freq = _inv_freq(rotary_dim, theta, device)
     if query.device.type in PREFILL_DEVICES and _prefill_kernels_fit(query, key, attention_mask, position_ids,
                                                                       dropout, softcap):

@@ -10,9 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_scale_benchmark_smoke(tmp_path):
     out = tmp_path / "scale.jsonl"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks/scale_8b.py"), "--smoke", "--parts", "lora,maxlen",
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/scale_8b.py"), "--smoke", "--parts", "lora,maxlen,longest",
                     "--lora-lengths", "32", "--plain-layers", "1", "--repeats", "1",
-                    "--maxlen-lengths", "64:full:0", "--layer-lengths", "64", "--out", str(out)],
+                    "--maxlen-lengths", "64:full:0", "--layer-lengths", "64", "--longest-length", "256",
+                    "--mlp-chunk-tokens", "64", "--out", str(out)],
                    check=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300,
                    capture_output=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -21,12 +22,18 @@ def test_scale_benchmark_smoke(tmp_path):
     assert all(r["tok_s"] > 0 for r in lora.values())
     predicted = [r for r in rows if r.get("setup", "").endswith("_predicted_2layers")]
     assert len(predicted) == 1 and predicted[0]["length"] == 64
+    # the longest part: a two-layer sizing run at a quarter of the length, a plan, the full model's step
+    longest = {r["setup"]: r for r in rows if r.get("part") == "longest" and "setup" in r}
+    assert longest["ours_lora_full_tiled_offload_2layers"]["length"] == 64
+    assert longest["plan"]["length"] == longest["ours_lora_full_tiled_offload"]["length"] == 256
+    assert longest["ours_lora_full_tiled_offload"]["tok_s"] > 0 and longest["host"]["host_max_rss_gib"] > 0
 
 
 def test_finetune_scale_check_and_decode_smoke(tmp_path):
     """The two python parts of benchmarks/gpu_host_scale_check.sh on the CPU (tiny shape): the finetune stage's
     code path with train.keep_activations writes an adapter and reports each step; the decode part reports plain
-    and SelfExtend (its decode step fused and eager) for each SDPA backend."""
+    and SelfExtend through generate() with a dynamic cache per SDPA backend and with a static cache (compiled on a
+    GPU; eager here)."""
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "finetune.jsonl"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/finetune_scale_check.py"), "--smoke", "--steps", "2",
@@ -45,10 +52,11 @@ def test_finetune_scale_check_and_decode_smoke(tmp_path):
                     "--out", str(out)], check=True, cwd=ROOT, env=env, timeout=300, capture_output=True)
     decode = [json.loads(line) for line in out.read_text().splitlines()]
     rows = [r for r in decode if r.get("part") == "decode" and "method" in r]
-    got = {(r["method"], r["sdpa_backend"], r.get("decode_mode")) for r in rows}
-    assert got == {("none", b, None) for b in ("auto", "flash")} | {
-        ("selfextend", b, m) for b in ("auto", "flash") for m in ("sdpa", "eager")}
-    assert all(r["ratio_vs_plain"] > 0 for r in rows if r["method"] == "selfextend")
+    got = {(r["method"], r["cache"], r["sdpa_backend"]) for r in rows}
+    assert got == {(m, c, b) for m in ("none", "selfextend")
+                   for c, b in (("dynamic", "auto"), ("dynamic", "flash"), ("static", "auto"))}
+    assert all(r["decode_tok_s"] > 0 and "result" not in r for r in rows), rows
+    assert all(r["ratio_vs_plain"] > 0 and r["ratio_vs_plain_dynamic"] > 0 for r in rows if r["method"] == "selfextend")
 
 
 def test_prefill_smoke_reports_ratio_check_and_profile(tmp_path):
