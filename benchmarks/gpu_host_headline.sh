@@ -26,7 +26,8 @@
 # HEADLINE_KEEP=1 (at the deadline leave the running and queued experiments to the next call instead of killing
 # them: DVC's workers are daemons and go on while the machine stays warm), HEADLINE_RESUME=1 (the next call on the
 # same warm host: back to the earlier call's commit, queue again only what is neither finished, running nor
-# queued, then wait for the queue; the eighth run lost the experiments its deadline killed).
+# queued, then wait for the queue; the eighth run lost the experiments its deadline killed; without HEADLINE_ONLY
+# it takes the earlier call's).
 #
 # Cost estimate, one H200, not measured (135M model, N = 135M, L = 30, d = 576). FLOPs: 6NT + 12LdT^2 per
 # trained sequence, 2NT + 4LdT^2 per prefill (causal attention does about half). Measured on the H200/H100
@@ -148,6 +149,12 @@ else
   STEPS=32 trained randpos-1024-t1 randpos pose 32
 fi
 
+# HEADLINE_RESUME without HEADLINE_ONLY resumes the earlier call's selection, not every experiment (the eleventh run's
+# resume call, written without it, queued all 27 beside an 8B job).
+SELECTION=.dvc/tmp/headline_selection
+if [ "$RESUME" = 1 ] && [ -z "${HEADLINE_ONLY+x}" ] && [ -s "$SELECTION" ]; then
+  HEADLINE_ONLY=$(cat "$SELECTION")
+fi
 if [ -n "${HEADLINE_ONLY:-}" ]; then  # a subset, e.g. the budget-24 points in a second call
   KEEP=()
   for spec in "${EXPS[@]}"; do
@@ -244,7 +251,8 @@ git add -A dvc.lock metrics 2>/dev/null; git commit -qm "base model evaluated" |
 fi  # RESUME != 1
 
 # --------------------------------------------------------------------------- queue + run
-say "queueing"
+[ "$RESUME" = 1 ] || { mkdir -p .dvc/tmp && printf '%s' "${HEADLINE_ONLY:-}" > "$SELECTION"; }
+say "queueing${HEADLINE_ONLY:+ (HEADLINE_ONLY=$HEADLINE_ONLY)}"
 BEFORE=$($DVC queue status 2>/dev/null)
 for spec in "${EXPS[@]}"; do
   read -r name overrides <<<"$spec"

@@ -312,13 +312,6 @@ def part_prefill(args, cfg, n):
     free()
 
 
-def _decode_steps(model, past, tok, steps):
-    for _ in range(steps):
-        out = model(input_ids=tok, past_key_values=past, use_cache=True)
-        past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    return past, tok
-
-
 @torch.inference_mode()
 def selfextend_attention_check(cfg, extension, T):
     """SelfExtend's attention alone on one layer's shapes (random q/k/v, bf16), for each causal kernel of its
@@ -450,28 +443,24 @@ def part_decode(args, cfg, n):
                 if dyn:
                     row["ratio_vs_plain_dynamic"] = round(1 / s / max(dyn), 3)
             emit(**row)
+            if args.profile_decode:  # where the time of a warm call goes (its decode kernels run tokens + 1 times)
+                with sdpa_backend(backend):
+                    _profile_generate(model, ids, args.decode_tokens + 2, impl, f"{method} {cache} ({backend})")
             free()
-        if args.profile_decode:  # where a dynamic-cache decode step's time goes, host and device
-            with sdpa_backend(args.decode_backends[-1]):
-                out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-                _profile_decode(model, out.past_key_values, out.logits[:, -1:].argmax(-1), method)
-                del out
     del model
     free()
 
 
-def _profile_decode(model, past, tok, label):
+def _profile_generate(model, ids, new_tokens, cache_implementation, label):
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
     with profile(activities=acts) as prof:
-        past, tok = _decode_steps(model, past, tok, 2)
-        sync()
+        _generate_s(model, ids, new_tokens, cache_implementation)
     ev = prof.key_averages()
-    print(f"profile decode {label}: 2 steps")
-    print(ev.table(sort_by="self_device_time_total", row_limit=10, max_name_column_width=60))
-    print(ev.table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=60))
-    return past, tok
+    print(f"profile decode {label}: one generate() call of {new_tokens} tokens (prefill included)")
+    print(ev.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=70))
+    print(ev.table(sort_by="self_cpu_time_total", row_limit=8, max_name_column_width=70))
 
 
 def _one_step(name, make, T, part, n, cfg, warmup=0, repeats=1, **extra):
@@ -542,7 +531,7 @@ def part_longest(args, cfg, n):
     two = shapes.shape_config(args.shape, num_hidden_layers=2)
     p2 = _one_step("ours_lora_full_tiled_offload_2layers",
                    lambda: ours(two, ckpt="full", mlp_chunk_tokens=chunk, offload_checkpoints=2), sizing, "longest",
-                   n, two, mlp_chunk_tokens=chunk, offload_checkpoints=2)
+                   non_embedding(two), two, mlp_chunk_tokens=chunk, offload_checkpoints=2)
     if p2 is None:
         return
     keep = T * cfg.hidden_size * 2
@@ -556,7 +545,8 @@ def part_longest(args, cfg, n):
     free()
     budget = torch.cuda.mem_get_info()[0] - args.gpu_margin_gib * 2**30 if DEVICE == "cuda" else 2**50
     on_gpu = max(0, min(L, int((budget - base) // keep)))
-    k = L - on_gpu
+    k = L - on_gpu if args.offload_checkpoints < 0 else min(args.offload_checkpoints, L)
+    on_gpu = L - k
     host = host_available() - 16 * 2**30
     plan = dict(part="longest", setup="plan", length=T, sizing_length=sizing, two_layer_peak_gib=gib(p2),
                 working_set_gib=gib(working), weights_gib=gib(weights), kept_per_layer_gib=gib(keep),
@@ -618,8 +608,11 @@ def main():
     ap.add_argument("--sizing-length", type=int, default=0, help="length of the longest part's two-layer sizing run "
                     "(default a quarter of --longest-length)")
     ap.add_argument("--mlp-chunk-tokens", type=int, default=32768, help="train.mlp_chunk_tokens of the longest part")
-    ap.add_argument("--gpu-margin-gib", type=float, default=8.0,
-                    help="GPU memory the longest part leaves free when it chooses how many layers to offload")
+    ap.add_argument("--gpu-margin-gib", type=float, default=16.0,
+                    help="GPU memory the longest part leaves free when it chooses how many layers to offload (the "
+                         "eleventh run's 512k step ran out of memory with a 12 GiB margin: predicted 126.2 of 126.9)")
+    ap.add_argument("--offload-checkpoints", type=int, default=-1,
+                    help="layers the longest part offloads (-1: planned from the two-layer run)")
     ap.add_argument("--full-shape", default="llama3.2-1b")
     ap.add_argument("--full-lengths", type=ints, default=ints("32768,131072"))
     ap.add_argument("--full-plain-layers", type=int, default=0)
