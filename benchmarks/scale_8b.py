@@ -72,12 +72,13 @@ def gib(x: int) -> float:
     return round(x / 2**30, 1)
 
 
-def non_embedding(cfg) -> int:
+def non_embedding(cfg, embeddings: bool = False) -> int:
+    """Parameters of a model of ``cfg`` without the embedding and lm_head weights (``embeddings=True``: all)."""
     with torch.device("meta"):
         from transformers import AutoModelForCausalLM
 
         m = AutoModelForCausalLM.from_config(cfg)
-    skip = {id(p) for p in (m.get_input_embeddings().weight, m.get_output_embeddings().weight)}
+    skip = set() if embeddings else {id(p) for p in (m.get_input_embeddings().weight, m.get_output_embeddings().weight)}
     return sum(p.numel() for p in m.parameters() if id(p) not in skip)
 
 
@@ -535,23 +536,18 @@ def part_longest(args, cfg, n):
     if p2 is None:
         return
     keep = T * cfg.hidden_size * 2
-    with torch.device("meta"):
-        from transformers import AutoModelForCausalLM
-
-        weights = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters()) * 2
-        weights_two = sum(p.numel() for p in AutoModelForCausalLM.from_config(two).parameters()) * 2
-    working = (p2 - weights_two) * T / sizing
+    weights = non_embedding(cfg, embeddings=True) * 2  # bf16
+    working = (p2 - non_embedding(two, embeddings=True) * 2) * T / sizing
     base = weights + working
     free()
     budget = torch.cuda.mem_get_info()[0] - args.gpu_margin_gib * 2**30 if DEVICE == "cuda" else 2**50
-    on_gpu = max(0, min(L, int((budget - base) // keep)))
-    k = L - on_gpu if args.offload_checkpoints < 0 else min(args.offload_checkpoints, L)
-    on_gpu = L - k
+    fit_on_gpu = max(0, min(L, int((budget - base) // keep)))  # layer inputs that fit beside the rest
+    k = L - fit_on_gpu if args.offload_checkpoints < 0 else min(args.offload_checkpoints, L)
     host = host_available() - 16 * 2**30
     plan = dict(part="longest", setup="plan", length=T, sizing_length=sizing, two_layer_peak_gib=gib(p2),
                 working_set_gib=gib(working), weights_gib=gib(weights), kept_per_layer_gib=gib(keep),
                 gpu_budget_gib=gib(budget), offload_checkpoints=k, host_needed_gib=gib(k * keep),
-                host_available_gib=gib(host), predicted_peak_gib=gib(base + on_gpu * keep))
+                host_available_gib=gib(host), predicted_peak_gib=gib(base + (L - k) * keep))
     if k * keep > host:
         emit(**plan, result="does not fit: the offloaded inputs exceed the host memory")
         return

@@ -309,7 +309,7 @@ def _selfextend_blockwise(
                 visible = block_mask
                 bias = torch.where(block_mask, 0.0, neg_inf)
             else:
-                visible = block_mask > float("-inf")
+                visible = _visible(block_mask)
                 bias = block_mask.float()
         bias = bias[:, :, None]  # broadcast over the query heads sharing a KV head
         dist = q_pos[:, None, start:end, None] - k_pos[:, None, None, :kv_end]  # (b, 1, n, kv)
@@ -363,10 +363,15 @@ def _query_slot(attention_mask: torch.Tensor | None, batch: int, q_len: int, kv_
     """
     if attention_mask is None:
         return torch.full((batch, 1), _causal_offset(q_len, kv_len) + q_len - 1, device=device)
-    row = attention_mask[:, 0, -1, :kv_len]
-    visible = row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
     slots = torch.arange(kv_len, device=device)
+    visible = _visible(attention_mask[:, 0, -1, :kv_len])
     return torch.where(visible, slots, -1).amax(dim=-1, keepdim=True).expand(batch, 1)
+
+
+def _visible(mask: torch.Tensor) -> torch.Tensor:
+    """Which keys a boolean (True = attend) or additive float mask shows: transformers' float masks hide a key with
+    the dtype's most negative value, others with -inf."""
+    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
 
 
 def _decode_step_fits(attention_mask, softcap, dropout, training) -> bool:

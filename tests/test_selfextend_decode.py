@@ -158,3 +158,21 @@ def test_decode_step_compiles_as_one_graph_with_a_static_cache():
             outs.append(out.logits[:, -1])
         logits[name] = torch.stack(outs)
     torch.testing.assert_close(logits["compiled"], logits["eager"], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_a_row_with_no_visible_key_gives_zeros_not_nan(monkeypatch):
+    """A batch row whose mask hides every key (a fully padded row) decodes to 0, as SDPA and the general path give,
+    never NaN; the other row is unaffected."""
+    calls = count_steps(monkeypatch)
+    G, W, n, b = 3, 5, 20, 2
+    module = fake_module(G, W)
+    q0, k0, v = random_case(b, n, seed=9)
+    pos = torch.arange(n).expand(b, n)
+    mask = torch.ones(b, 1, 1, n, dtype=torch.bool)
+    mask[1] = False
+    out = _attend(module, q0[:, :, -1:], k0, v, mask, pos[:, -1:])
+    assert calls == [n] and torch.isfinite(out).all()
+    torch.testing.assert_close(out[1], torch.zeros_like(out[1]))
+    torch.testing.assert_close(out[:1], _attend(module, q0[:1, :, -1:], k0[:1], v[:1], None, pos[:1, -1:]),
+                               atol=1e-5, rtol=1e-5)
