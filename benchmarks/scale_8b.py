@@ -384,6 +384,54 @@ def selfextend_attention_check(cfg, extension, T):
     free()
 
 
+def _flex_decode_attention(rows, key, value, mask, scaling):
+    """Candidate for ``selfextend._decode_attention``: FlexAttention's decoding kernel (split over the keys, GQA
+    without repeating the KV heads), the mask as a score_mod. Fast only compiled (the static cache's step)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    b, h_kv, g, d = rows.shape
+    score_mod = None
+    if mask is not None:
+        visible = mask[:, 0, 0, :]
+
+        def score_mod(score, bi, h, qi, kj):
+            return torch.where(visible[bi, kj], score, float("-inf"))
+
+    out = flex_attention(rows.reshape(b, h_kv * g, 1, d), key, value, score_mod=score_mod, scale=scaling,
+                         enable_gqa=True)
+    return out.reshape(b, h_kv, g, d)
+
+
+def _sdpa_decode_attention(rows, key, value, mask, scaling):
+    """The package's ``selfextend._decode_attention`` until the twelfth run: one fused SDPA call with the g query
+    heads of a KV head as rows (cuDNN picks it with a mask; 662 us a layer at 32k on an H200, too few blocks)."""
+    return torch.nn.functional.scaled_dot_product_attention(rows, key, value, attn_mask=mask, scale=scaling)
+
+
+DECODE_ATTENTION = {"package": None, "sdpa": _sdpa_decode_attention, "flex": _flex_decode_attention}
+
+
+def _decode_attention_check(variant, cfg, kv_len):
+    """Largest error of a ``_decode_attention`` candidate against the package's on random bf16 data of the
+    shape's heads, with the last 16 slots masked like a static cache's empty ones."""
+    from longctx import selfextend
+
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    h_kv, d = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+    groups = cfg.num_attention_heads // h_kv
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, device=DEVICE, dtype=torch.bfloat16)
+
+    rows, k, v = rand(1, h_kv, groups, d), rand(1, h_kv, kv_len, d), rand(1, h_kv, kv_len, d)
+    mask = torch.ones(1, 1, 1, kv_len, dtype=torch.bool, device=DEVICE)
+    mask[..., -16:] = False
+    ref = selfextend._decode_attention(rows, k, v, mask, d**-0.5).float()
+    candidate = DECODE_ATTENTION[variant]
+    got = (torch.compile(candidate) if DEVICE == "cuda" else candidate)(rows, k, v, mask, d**-0.5).float()
+    return (got - ref).abs().max().item()
+
+
 def _generate_s(model, ids, new_tokens, cache_implementation):
     """Seconds of one greedy ``generate`` call of exactly ``new_tokens`` tokens (prefill included)."""
     sync()
@@ -411,18 +459,30 @@ def part_decode(args, cfg, n):
     from longctx.kernels import sdpa_backend
     from longctx.modeling import extend_model
 
+    from longctx import selfextend
+
     model = shapes.random_model(copy.deepcopy(cfg), DEVICE, torch.bfloat16, attn_implementation="sdpa")
     ids = ids_of(cfg, args.decode_prefill)
     plain = {}
     settings = [(c, b) for c in args.decode_caches for b in (args.decode_backends if c == "dynamic" else ["auto"])]
-    for method in ("none", "selfextend"):
+    package_attention = selfextend._decode_attention
+    runs = [("none", "package")] + [("selfextend", a) for a in args.decode_attention]
+    for method, attention in runs:
         extend_model(model, _extension(method, cfg, args.target))
+        if attention != "package":
+            emit(part="decode", check="decode_attention", attention=attention, kv_len=args.decode_prefill,
+                 max_abs_err_vs_package=round(_decode_attention_check(attention, cfg, args.decode_prefill), 5))
+        selfextend._decode_attention = DECODE_ATTENTION[attention] or package_attention
         torch._dynamo.reset()  # the attention function changed: compile the static step afresh
         free()
         for cache, backend in settings:
+            if attention == "flex" and cache == "dynamic":
+                continue  # flex is fast only compiled; the dynamic cache's step runs eagerly
             impl = "static" if cache == "static" else None
             row = dict(part="decode", method=method, cache=cache, sdpa_backend=backend, prefill=args.decode_prefill,
                        tokens=args.decode_tokens)
+            if method == "selfextend":
+                row["decode_attention"] = attention
             try:
                 with sdpa_backend(backend):
                     first = _generate_s(model, ids, args.decode_tokens + 2, impl)
@@ -445,9 +505,14 @@ def part_decode(args, cfg, n):
                     row["ratio_vs_plain_dynamic"] = round(1 / s / max(dyn), 3)
             emit(**row)
             if args.profile_decode:  # where the time of a warm call goes (its decode kernels run tokens + 1 times)
-                with sdpa_backend(backend):
-                    _profile_generate(model, ids, args.decode_tokens + 2, impl, f"{method} {cache} ({backend})")
+                try:
+                    with sdpa_backend(backend):
+                        _profile_generate(model, ids, args.decode_tokens + 2, impl,
+                                          f"{method} {cache} ({backend}, decode attention {attention})")
+                except Exception as e:  # noqa: BLE001 -- a profiler failure must not lose the other settings
+                    print(f"profile failed: {type(e).__name__}: {str(e)[:300]}")
             free()
+    selfextend._decode_attention = package_attention
     del model
     free()
 
@@ -594,6 +659,9 @@ def main():
                     help="SDPA backends tried first with the dynamic cache, each measured (comma-separated)")
     ap.add_argument("--decode-caches", default="dynamic,static",
                     help="KV caches measured in the decode part: dynamic (eager), static (generate compiles the step)")
+    ap.add_argument("--decode-attention", default="package",
+                    help="SelfExtend decode-step attentions measured, comma-separated: package (selfextend's own), "
+                         "sdpa (the fused SDPA it replaced), flex (FlexAttention; static cache only)")
     ap.add_argument("--profile-decode", action="store_true")
     ap.add_argument("--profile-lora", action="store_true", help="profile one step of each setup at the last length")
     ap.add_argument("--maxlen-ckpt", default="full")
@@ -620,6 +688,10 @@ def main():
     args.methods = [m for m in args.methods.split(",") if m]
     args.decode_backends = [b for b in args.decode_backends.split(",") if b]
     args.decode_caches = [c for c in args.decode_caches.split(",") if c]
+    args.decode_attention = [a for a in args.decode_attention.split(",") if a]
+    bad = [a for a in args.decode_attention if a not in DECODE_ATTENTION]
+    if bad:
+        sys.exit(f"--decode-attention: {bad} not allowed; allowed: {', '.join(DECODE_ATTENTION)}")
     bad = [c for c in args.decode_caches if c not in ("dynamic", "static")]
     if bad:
         sys.exit(f"--decode-caches: {bad} not allowed; allowed: dynamic, static")

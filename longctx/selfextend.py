@@ -76,6 +76,8 @@ DEFAULT_QUERY_BLOCK = 1024
 FLEX_MIN_QUERIES = 128  # one flex_attention block
 PREFILL_KERNELS = ("cudnn", "flash")  # the causal kernel of the grouped part in _selfextend_prefill
 PREFILL_KERNEL = "cudnn"
+# torch.bmm(..., out_dtype=float32) (bf16 inputs, float32 logits without a float32 copy of the keys): CUDA, torch 2.8+
+_BMM_OUT_DTYPE = torch.torch_version.TorchVersion(torch.__version__) >= (2, 8)
 PREFILL_DEVICES = ("cuda",)  # where _selfextend_prefill runs (a test adds "cpu": float32 twin, eager flex)
 
 __all__ = [
@@ -339,7 +341,7 @@ def _selfextend_blockwise(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Decode path: one query per row, keys from the KV cache (dynamic or static), one fused attention
+# Decode path: one query per row, keys from the KV cache (dynamic or static), one softmax over all keys
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -384,16 +386,15 @@ def _decode_step_fits(attention_mask, softcap, dropout, training) -> bool:
 def _decode_step(query, key, value, position_ids, attention_mask, inv_freq, scaling, window, group_size,
                  scale_base):
     """SelfExtend for ONE query per row (a decoding step): the cached keys re-rotated relative to the query, then ONE
-    fused attention -- the paper's single softmax, with no split, merge, slice or host sync.
+    attention -- the paper's single softmax, with no split, merge, slice or host sync.
 
     Paper eq. (grouped part): the logit of a key at distance ``m - n >= W`` is ``<R(m_g) q, R(n_g) k>`` with
     ``m_g = m // G + W - W // G`` and ``n_g = n // G``. RoPE is orthogonal with ``R(a)^T R(b) = R(b - a)``, so
     ``<R(m_g) q, R(n_g) k> = <R(m) q, R(n_g - m_g + m) k>``: the query stays as the model rotated it (position
     ``m``) and a grouped key, cached as ``R(n) k``, is rotated once more by ``(n // G - n) - (m_g - m)``. Neighbour
-    keys (``m - n < W``) stay as cached. One ``torch.where`` picks per key, and SDPA computes the one softmax over all
-    keys, in the kernel plain decoding uses (FlashAttention without a mask, memory-efficient with one). The query
-    heads sharing a KV head are the rows of one attention (there is one query position, so no causal order among
-    rows), so the shared KV heads are never repeated.
+    keys (``m - n < W``) stay as cached. One ``torch.where`` picks per key, and :func:`_decode_attention` computes
+    the one softmax over all keys. The query heads sharing a KV head are the rows of one attention (there is one
+    query position, so no causal order among rows), so the shared KV heads are never repeated.
 
     Every shape is fixed by the cache, not by the position: with a static cache and ``torch.compile``
     (``generate(..., cache_implementation="static")``) the step is captured in a CUDA graph like plain decoding's.
@@ -418,8 +419,36 @@ def _decode_step(query, key, value, position_ids, attention_mask, inv_freq, scal
     q = query if scale_base <= 0 else query.to(torch.float32) * _log_scale(q_pos, scale_base)
     rows = q.to(dtype).reshape(batch, h_kv, h_q // h_kv, head_dim)
     mask = None if attention_mask is None else attention_mask[:, :, -1:, :kv_len]  # broadcasts over heads and rows
-    out = F.scaled_dot_product_attention(rows, k_sel, value, attn_mask=mask, scale=scaling)
-    return out.reshape(batch, h_q, 1, head_dim)
+    return _decode_attention(rows, k_sel, value, mask, scaling).reshape(batch, h_q, 1, head_dim)
+
+
+def _decode_attention(rows, key, value, mask, scaling):
+    """One softmax attention of ``rows`` (b, h_kv, g, d) -- the g query heads sharing a KV head, one position -- over
+    key/value (b, h_kv, kv_len, d) with a boolean mask (b, 1, 1, kv_len) or None. Returns (b, h_kv, g, d); a row
+    with no visible key gives 0, as SDPA does.
+
+    Two batched matmuls with the softmax between them, not SDPA: with one query position there are only ``b * h_kv``
+    attentions of ``g`` rows, too few for a fused kernel to spread over the GPU, while cuBLAS splits the long key
+    axis over every SM. On an H200 (Mistral-7B shape, 32k cache, ``docs/RESULTS.md``, twelfth run) cuDNN's fused
+    kernel took 662 us a layer against 156 us for the logits matmul here, and the captured step went from 30.3 to
+    16.6 ms. Logits are float32 (``out_dtype`` on CUDA, an up-cast elsewhere) like a fused kernel's; the
+    probabilities meet the values in the values' dtype, as flash kernels do. The logits are (b, h_kv, g, kv_len):
+    O(n), one query.
+    """
+    b, h_kv, g, d = rows.shape
+    kv_len = key.shape[2]
+    q, k_t = rows.reshape(b * h_kv, g, d), key.reshape(b * h_kv, kv_len, d).transpose(1, 2)
+    if q.is_cuda and _BMM_OUT_DTYPE:
+        logits = torch.bmm(q, k_t, out_dtype=torch.float32)
+    else:
+        logits = torch.bmm(q.to(torch.float32), k_t.to(torch.float32))
+    logits = logits.view(b, h_kv, g, kv_len) * scaling
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if mask is not None:  # softmax of an all -inf row is NaN; SDPA gives such a row 0
+        probs = torch.where(mask.any(dim=-1, keepdim=True), probs, 0.0)
+    return torch.matmul(probs.to(value.dtype), value)
 
 
 # ---------------------------------------------------------------------------------------------------------------

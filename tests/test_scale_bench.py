@@ -49,12 +49,16 @@ def test_finetune_scale_check_and_decode_smoke(tmp_path):
     out = tmp_path / "decode.jsonl"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/scale_8b.py"), "--smoke", "--parts", "decode",
                     "--decode-prefill", "48", "--decode-tokens", "2", "--decode-backends", "auto,flash",
-                    "--out", str(out)], check=True, cwd=ROOT, env=env, timeout=300, capture_output=True)
+                    "--decode-attention", "package,sdpa", "--out", str(out)],
+                   check=True, cwd=ROOT, env=env, timeout=300, capture_output=True)
     decode = [json.loads(line) for line in out.read_text().splitlines()]
     rows = [r for r in decode if r.get("part") == "decode" and "method" in r]
-    got = {(r["method"], r["cache"], r["sdpa_backend"]) for r in rows}
-    assert got == {(m, c, b) for m in ("none", "selfextend")
-                   for c, b in (("dynamic", "auto"), ("dynamic", "flash"), ("static", "auto"))}
+    got = {(r["method"], r.get("decode_attention"), r["cache"], r["sdpa_backend"]) for r in rows}
+    settings = (("dynamic", "auto"), ("dynamic", "flash"), ("static", "auto"))
+    assert got == ({("none", None, c, b) for c, b in settings}
+                   | {("selfextend", a, c, b) for a in ("package", "sdpa") for c, b in settings})
+    check = [r for r in decode if r.get("check") == "decode_attention"]
+    assert [r["attention"] for r in check] == ["sdpa"] and check[0]["max_abs_err_vs_package"] < 0.05
     assert all(r["decode_tok_s"] > 0 and "result" not in r for r in rows), rows
     assert all(r["ratio_vs_plain"] > 0 and r["ratio_vs_plain_dynamic"] > 0 for r in rows if r["method"] == "selfextend")
 

@@ -585,10 +585,24 @@ def test_bf16_kv_cache_decoding_matches_float32_full_forward():
 
 
 @torch.no_grad()
-def test_decode_step_has_no_host_sync_and_no_float32_cache_copy():
+def test_decode_step_has_no_host_sync_and_no_float32_cache_copy(monkeypatch):
     """A bf16 decoding step: no op that reads a value back to the host (``.item()``, ``int(t)``, ``nonzero``),
-    and no float32 tensor as large as the cached keys (the cache stays in bf16)."""
+    and no float32 tensor as large as the cached keys before the attention (the re-rotated cache stays in bf16).
+    The attention core gets bf16 keys; it takes float32 logits straight from bf16 on CUDA (``bmm`` with
+    ``out_dtype``) and up-casts only where that op is missing, as on this CPU."""
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    inside, core_dtypes, core = [False], [], selfextend._decode_attention
+
+    def recorded_core(rows, key, value, mask, scaling):
+        core_dtypes.append((rows.dtype, key.dtype, value.dtype))
+        inside[0] = True
+        try:
+            return core(rows, key, value, mask, scaling)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(selfextend, "_decode_attention", recorded_core)
 
     model = tiny_model(G=3, W=5).to(torch.bfloat16)
     ids = torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(12))
@@ -602,15 +616,17 @@ def test_decode_step_has_no_host_sync_and_no_float32_cache_copy():
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             result = func(*args, **(kwargs or {}))
             outs = result if isinstance(result, (tuple, list)) else [result]
-            seen.append((str(func), [(o.dtype, o.numel()) for o in outs if isinstance(o, torch.Tensor)]))
+            seen.append((str(func), [(o.dtype, o.numel()) for o in outs if isinstance(o, torch.Tensor)], inside[0]))
             return result
 
     with Record():
         model(ids[:, -1:], past_key_values=cache, use_cache=True)
-    names = {name for name, _ in seen}
+    names = {name for name, _, _ in seen}
     assert not any("_local_scalar_dense" in n or "nonzero" in n for n in names), sorted(names)
-    big_fp32 = [(n, o) for n, outs in seen for o in outs if o[0] == torch.float32 and o[1] >= cache_numel]
+    big_fp32 = [(n, o) for n, outs, in_core in seen for o in outs
+                if not in_core and o[0] == torch.float32 and o[1] >= cache_numel]
     assert not big_fp32, big_fp32
+    assert core_dtypes and set(core_dtypes) == {(torch.bfloat16,) * 3}
 
 
 def test_default_window_is_a_quarter_of_the_native_window():

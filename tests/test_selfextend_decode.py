@@ -1,5 +1,6 @@
 """SelfExtend's decode step (:func:`longctx.selfextend._decode_step`): the grouped keys re-rotated relative to the
-query and ONE fused attention, with shapes fixed by the cache. Checked against the float64 reference for dynamic and
+query and ONE attention (:func:`longctx.selfextend._decode_attention`: two batched matmuls), with shapes fixed by the
+cache. Checked against the float64 reference for dynamic and
 static caches (a fixed buffer whose empty slots are masked), routed away from for what SDPA cannot do, and traced
 whole by ``torch.compile`` (fullgraph) with a static cache -- what ``generate(cache_implementation="static")``
 captures in a CUDA graph on a GPU."""
@@ -176,3 +177,34 @@ def test_a_row_with_no_visible_key_gives_zeros_not_nan(monkeypatch):
     torch.testing.assert_close(out[1], torch.zeros_like(out[1]))
     torch.testing.assert_close(out[:1], _attend(module, q0[:1, :, -1:], k0[:1], v[:1], None, pos[:1, -1:]),
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_attention_equals_naive_float64_softmax(dtype):
+    """The decode step's attention core (two batched matmuls, float32 logits) against a naive float64 softmax
+    attention with the KV heads repeated per query head: no mask, a static cache's hidden tail, a left-padded row,
+    and a row with no visible key (0, as SDPA gives)."""
+    gen = torch.Generator().manual_seed(3)
+    b, h_kv, g, d, n = 3, 2, 4, 16, 37
+    rows = torch.randn(b, h_kv, g, d, generator=gen).to(dtype)
+    key, value = (torch.randn(b, h_kv, n, d, generator=gen).to(dtype) for _ in range(2))
+    mask = torch.ones(b, 1, 1, n, dtype=torch.bool)
+    mask[:, ..., -5:] = False  # empty static slots
+    mask[1, ..., :7] = False  # left padding
+    mask[2] = False  # nothing visible
+
+    def naive(m):
+        q, k, v = (x.double().repeat_interleave(g, dim=1) if x is not rows else x.double().reshape(b, h_kv * g, 1, d)
+                   for x in (rows, key, value))
+        logits = q @ k.transpose(-1, -2) * d**-0.5
+        if m is not None:
+            logits = logits.masked_fill(~m, float("-inf"))
+        w = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+        return (w @ v).reshape(b, h_kv, g, d)
+
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    for m in (None, mask):
+        got = selfextend._decode_attention(rows, key, value, m, d**-0.5)
+        assert got.dtype == dtype and torch.isfinite(got).all()
+        torch.testing.assert_close(got.double(), naive(m), **tol)
+    assert selfextend._decode_attention(rows, key, value, mask, d**-0.5)[2].abs().max() == 0
