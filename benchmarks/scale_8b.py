@@ -456,12 +456,24 @@ def part_decode(args, cfg, n):
     ``ratio_vs_plain``: SelfExtend's tokens/s over plain's with the same cache (and backend);
     ``ratio_vs_plain_dynamic``: over plain's fastest dynamic-cache row (what plain ``generate()`` gives).
     """
-    from longctx.kernels import sdpa_backend
-    from longctx.modeling import extend_model
-
     from longctx import selfextend
 
     model = shapes.random_model(copy.deepcopy(cfg), DEVICE, torch.bfloat16, attn_implementation="sdpa")
+    package_attention = selfextend._decode_attention
+    try:
+        _decode_runs(args, cfg, model)
+    finally:  # the candidates are swapped into the package: put its own back whatever happened
+        selfextend._decode_attention = package_attention
+    del model
+    free()
+
+
+def _decode_runs(args, cfg, model):
+    """The rows of :func:`part_decode`: plain, then SelfExtend with each ``--decode-attention``, per cache setting."""
+    from longctx import selfextend
+    from longctx.kernels import sdpa_backend
+    from longctx.modeling import extend_model
+
     ids = ids_of(cfg, args.decode_prefill)
     plain = {}
     settings = [(c, b) for c in args.decode_caches for b in (args.decode_backends if c == "dynamic" else ["auto"])]
@@ -512,9 +524,6 @@ def part_decode(args, cfg, n):
                 except Exception as e:  # noqa: BLE001 -- a profiler failure must not lose the other settings
                     print(f"profile failed: {type(e).__name__}: {str(e)[:300]}")
             free()
-    selfextend._decode_attention = package_attention
-    del model
-    free()
 
 
 def _profile_generate(model, ids, new_tokens, cache_implementation, label):

@@ -49,8 +49,8 @@ Which path computes it
 Every path computes the same maths (the tests hold each to an independent float64 reference):
 
 - one query per row (a decoding step from a dynamic or static KV cache): :func:`_decode_step`, the grouped keys
-  re-rotated relative to the query and ONE fused SDPA call, static shapes (a static cache + ``torch.compile``
-  captures it in a CUDA graph);
+  re-rotated relative to the query and one softmax through two batched matmuls (:func:`_decode_attention`), static
+  shapes (a static cache + ``torch.compile`` captures it in a CUDA graph);
 - CUDA, no gradient, no mask (an unpadded prefill: transformers passes None), ``q_len == kv_len``, contiguous
   positions, no dropout or soft-capping (the evaluation's prefill): :func:`_selfextend_prefill` -- the grouped
   part is one causal cuDNN (or FlashAttention) call on shifted slices, the neighbour part a narrow flex band
@@ -377,8 +377,9 @@ def _visible(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _decode_step_fits(attention_mask, softcap, dropout, training) -> bool:
-    """Whether :func:`_decode_step` takes this one-query call: no soft-capping or dropout (SDPA has neither) and a
-    boolean mask or none (what transformers' ``sdpa_mask`` builds). Anything else takes the general path."""
+    """Whether :func:`_decode_step` takes this one-query call: no soft-capping or dropout (its attention core has
+    neither) and a boolean mask or none (what transformers' ``sdpa_mask`` builds). Anything else -- rare in
+    decoding -- takes the general path, which has all three."""
     return not softcap and not (dropout and training) and (attention_mask is None or
                                                            attention_mask.dtype == torch.bool)
 

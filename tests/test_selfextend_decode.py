@@ -1,9 +1,8 @@
 """SelfExtend's decode step (:func:`longctx.selfextend._decode_step`): the grouped keys re-rotated relative to the
 query and ONE attention (:func:`longctx.selfextend._decode_attention`: two batched matmuls), with shapes fixed by the
-cache. Checked against the float64 reference for dynamic and
-static caches (a fixed buffer whose empty slots are masked), routed away from for what SDPA cannot do, and traced
-whole by ``torch.compile`` (fullgraph) with a static cache -- what ``generate(cache_implementation="static")``
-captures in a CUDA graph on a GPU."""
+cache. Checked against the float64 reference for dynamic and static caches (a fixed buffer whose empty slots are
+masked), routed away from for what its core does not do, and traced whole by ``torch.compile`` (fullgraph) with a
+static cache -- what ``generate(cache_implementation="static")`` captures in a CUDA graph on a GPU."""
 
 import pytest
 import torch
@@ -94,8 +93,8 @@ def test_decode_step_partial_rotary_and_bf16_equal_the_general_path(partial):
 
 @torch.no_grad()
 def test_softcap_float_mask_and_training_dropout_take_the_general_path(monkeypatch):
-    """SDPA has no soft-capping or dropout here and the step reads boolean masks: those calls go to the general
-    path, which gives the same as its two-query form."""
+    """The step's attention core has no soft-capping or dropout and reads boolean masks: those calls go to the
+    general path, which gives the same as its two-query form."""
     calls = count_steps(monkeypatch)
     G, W, n, b = 3, 5, 29, 2
     module = fake_module(G, W)
