@@ -178,13 +178,17 @@ def test_a_row_with_no_visible_key_gives_zeros_not_nan(monkeypatch):
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n", [37, 40])  # padded to the alignment, already aligned
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decode_attention_equals_naive_float64_softmax(dtype):
+def test_decode_attention_equals_naive_float64_softmax(dtype, n, monkeypatch):
     """The decode step's attention core (two batched matmuls, float32 logits) against a naive float64 softmax
     attention with the KV heads repeated per query head: no mask, a static cache's hidden tail, a left-padded row,
-    and a row with no visible key (0, as SDPA gives)."""
+    and a row with no visible key (0, as SDPA gives). The matmuls see a key axis padded to DECODE_KV_ALIGN (an odd
+    one sends cuBLAS to a slow gemv)."""
     gen = torch.Generator().manual_seed(3)
-    b, h_kv, g, d, n = 3, 2, 4, 16, 37
+    b, h_kv, g, d = 3, 2, 4, 16
+    kv_axes, bmm = [], torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda q, k_t, **kw: kv_axes.append(k_t.shape[-1]) or bmm(q, k_t, **kw))
     rows = torch.randn(b, h_kv, g, d, generator=gen).to(dtype)
     key, value = (torch.randn(b, h_kv, n, d, generator=gen).to(dtype) for _ in range(2))
     mask = torch.ones(b, 1, 1, n, dtype=torch.bool)
@@ -207,3 +211,5 @@ def test_decode_attention_equals_naive_float64_softmax(dtype):
         assert got.dtype == dtype and torch.isfinite(got).all()
         torch.testing.assert_close(got.double(), naive(m), **tol)
     assert selfextend._decode_attention(rows, key, value, mask, d**-0.5)[2].abs().max() == 0
+    assert kv_axes and all(k % selfextend.DECODE_KV_ALIGN == 0 and k - n < selfextend.DECODE_KV_ALIGN
+                           for k in kv_axes)
