@@ -461,15 +461,16 @@ def part_decode(args, cfg, n):
     model = shapes.random_model(copy.deepcopy(cfg), DEVICE, torch.bfloat16, attn_implementation="sdpa")
     package_attention = selfextend._decode_attention
     try:
-        _decode_runs(args, cfg, model)
+        _decode_runs(args, cfg, model, package_attention)
     finally:  # the candidates are swapped into the package: put its own back whatever happened
         selfextend._decode_attention = package_attention
     del model
     free()
 
 
-def _decode_runs(args, cfg, model):
-    """The rows of :func:`part_decode`: plain, then SelfExtend with each ``--decode-attention``, per cache setting."""
+def _decode_runs(args, cfg, model, package_attention):
+    """The rows of :func:`part_decode`: plain, then SelfExtend with each ``--decode-attention`` (``package``:
+    ``package_attention``, the package's own), per cache setting."""
     from longctx import selfextend
     from longctx.kernels import sdpa_backend
     from longctx.modeling import extend_model
@@ -477,7 +478,6 @@ def _decode_runs(args, cfg, model):
     ids = ids_of(cfg, args.decode_prefill)
     plain = {}
     settings = [(c, b) for c in args.decode_caches for b in (args.decode_backends if c == "dynamic" else ["auto"])]
-    package_attention = selfextend._decode_attention
     runs = [("none", "package")] + [("selfextend", a) for a in args.decode_attention]
     for method, attention in runs:
         extend_model(model, _extension(method, cfg, args.target))
